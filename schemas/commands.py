@@ -1,0 +1,364 @@
+"""Command messages (in): the envelope and one payload model per contract type.
+
+The envelope is a discriminated union on ``type`` so a command validates to exactly one
+class; unknown payload fields are rejected. Things the policy forbids outright (privileged,
+host namespaces, devices) have no field at all, so they cannot even be expressed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import re
+
+from pydantic import Field, SecretStr, StringConstraints, TypeAdapter, field_validator, model_validator
+
+from ._base import (
+    AbsPath,
+    CommandId,
+    DockerName,
+    Domain,
+    EnvKey,
+    EnvValue,
+    Grouping,
+    ImageRef,
+    LabelKey,
+    LabelValue,
+    PortString,
+    ShortText,
+    WireModel,
+    WorkspaceId,
+)
+
+Arg = Annotated[str, StringConstraints(max_length=32768)]
+Capability = Annotated[str, StringConstraints(pattern=r"^(CAP_)?[A-Z_]{2,32}$")]
+Alias = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")]
+UserSpec = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_.-]{1,64}(:[a-zA-Z0-9_.-]{1,64})?$")]
+_VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+WorkspaceState = Literal["created", "running", "paused", "restarting", "removing", "exited", "dead"]
+
+
+def _normalise_port(value: int | str) -> str:
+    text = str(value)
+    number, _, proto = text.partition("/")
+    if not 1 <= int(number) <= 65535:
+        raise ValueError(f"port {number} is outside 1..65535")
+    return f"{int(number)}/{proto or 'tcp'}"
+
+
+class RegistryAuth(WireModel):
+    """Credentials for a private registry; sent as X-Registry-Auth, never echoed anywhere."""
+
+    username: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    password: SecretStr = Field(max_length=4096)
+    server_address: Annotated[str, StringConstraints(max_length=256)] | None = None
+
+
+class Mount(WireModel):
+    """A named volume, a bind mount (only under the allowed roots) or a tmpfs."""
+
+    type: Literal["volume", "bind", "tmpfs"] = "volume"
+    source: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    target: AbsPath
+    read_only: bool = False
+
+    @model_validator(mode="after")
+    def _source(self) -> Mount:
+        if self.type == "tmpfs":
+            if self.source is not None:
+                raise ValueError("a tmpfs mount takes no source")
+        elif not self.source:
+            raise ValueError(f"a {self.type} mount needs a source")
+        elif "\x00" in self.source:
+            raise ValueError("source must not contain NUL")
+        elif self.type == "volume" and not _VOLUME_NAME.match(self.source):
+            raise ValueError(f"volume name {self.source!r} is not valid")
+        return self
+
+
+class Resources(WireModel):
+    """Requested limits; missing ones take the configured defaults, all are capped at the maxima."""
+
+    cpus: float | None = Field(default=None, gt=0, le=1024)
+    memory_bytes: int | None = Field(default=None, ge=6 * 1024 * 1024, le=2**50)
+    pids: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+class DiscoverySpec(WireModel):
+    """Discovery labels to write on the workspace container (Traefik-style)."""
+
+    domain: Domain
+    port: int = Field(ge=1, le=65535)
+    description: ShortText | None = None
+
+
+class WorkspaceCreate(WireModel):
+    """Payload of ``workspace.create``."""
+
+    workspace_id: WorkspaceId
+    image: ImageRef
+    name: ShortText | None = None
+    command: list[Arg] | None = Field(default=None, max_length=1024)
+    entrypoint: list[Arg] | None = Field(default=None, max_length=1024)
+    env: dict[EnvKey, EnvValue] = Field(default_factory=dict, max_length=512)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=256)
+    ports: list[int | PortString] | None = Field(default=None, max_length=64)
+    network: DockerName | None = None
+    mounts: list[Mount] = Field(default_factory=list, max_length=64)
+    resources: Resources = Field(default_factory=Resources)
+    read_only: bool = False
+    user: UserSpec | None = None
+    working_dir: AbsPath | None = None
+    restart_policy: Literal["no", "on-failure", "always", "unless-stopped"] = "no"
+    cap_add: list[Capability] = Field(default_factory=list, max_length=64)
+    project: Grouping | None = None
+    stage: Grouping | None = None
+    discovery: DiscoverySpec | None = None
+    pull: Literal["missing", "always", "never"] = "missing"
+    registry_auth: RegistryAuth | None = None
+    start: bool = True
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: list[int | str] | None) -> list[int | str] | None:
+        if value is None:
+            return None
+        return list(dict.fromkeys(_normalise_port(p) for p in value))
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, value: str | None) -> str | None:
+        # Host and none networks would escape isolation; container:<id> is not a name at all.
+        if value in {"host", "none"}:
+            raise ValueError(f"network {value!r} is not allowed")
+        return value
+
+
+class WorkspaceRef(WireModel):
+    """Payload of ``workspace.start`` and ``workspace.inspect``."""
+
+    workspace_id: WorkspaceId
+
+
+class WorkspaceStop(WireModel):
+    """Payload of ``workspace.stop`` and ``workspace.restart``."""
+
+    workspace_id: WorkspaceId
+    timeout_s: int | None = Field(default=None, ge=0, le=3600)
+
+
+class WorkspaceRemove(WireModel):
+    """Payload of ``workspace.remove``."""
+
+    workspace_id: WorkspaceId
+    force: bool = False
+    remove_volumes: bool = False
+
+
+class WorkspaceListQuery(WireModel):
+    """Payload of ``workspace.list``: every filter is optional."""
+
+    project: Grouping | None = None
+    stage: Grouping | None = None
+    state: WorkspaceState | None = None
+
+
+class WorkspaceExec(WireModel):
+    """Payload of ``workspace.exec``: runs a command (exec form) in a running workspace."""
+
+    workspace_id: WorkspaceId
+    command: list[Arg] = Field(min_length=1, max_length=1024)
+    env: dict[EnvKey, EnvValue] = Field(default_factory=dict, max_length=512)
+    user: UserSpec | None = None
+    working_dir: AbsPath | None = None
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+
+
+class WorkspaceLogs(WireModel):
+    """Payload of ``workspace.logs``."""
+
+    workspace_id: WorkspaceId
+    tail: int = Field(default=100, ge=0, le=10_000)
+    since: datetime | None = None
+
+
+class NetworkEnsure(WireModel):
+    """Payload of ``network.ensure``: create the network unless it exists."""
+
+    name: DockerName
+    driver: Literal["bridge", "overlay", "macvlan", "ipvlan"] = "bridge"
+    internal: bool = False
+    attachable: bool = False
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=256)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if value in {"host", "none", "bridge"}:
+            raise ValueError(f"network {value!r} is reserved")
+        return value
+
+
+class NetworkConnect(WireModel):
+    """Payload of ``network.connect``."""
+
+    network: DockerName
+    workspace_id: WorkspaceId
+    aliases: list[Alias] = Field(default_factory=list, max_length=32)
+
+
+class NetworkDisconnect(WireModel):
+    """Payload of ``network.disconnect``."""
+
+    network: DockerName
+    workspace_id: WorkspaceId
+
+
+class NetworkRemove(WireModel):
+    """Payload of ``network.remove``."""
+
+    name: DockerName
+
+
+class ImagePull(WireModel):
+    """Payload of ``image.pull``."""
+
+    image: ImageRef
+    registry_auth: RegistryAuth | None = None
+
+
+class ImageRef_(WireModel):  # noqa: N801 - ImageRef is the string type
+    """Payload of ``image.inspect``."""
+
+    image: ImageRef
+
+
+class Empty(WireModel):
+    """Payload of commands that take no arguments (``discovery.list``, ``host.info``)."""
+
+
+# --- envelopes ---------------------------------------------------------------------------
+
+
+class CommandBase(WireModel):
+    """Fields every command carries."""
+
+    command_id: CommandId
+    expires_at: datetime | None = None
+
+
+class WorkspaceCreateCommand(CommandBase):
+    type: Literal["workspace.create"]
+    payload: WorkspaceCreate
+
+
+class WorkspaceStartCommand(CommandBase):
+    type: Literal["workspace.start"]
+    payload: WorkspaceRef
+
+
+class WorkspaceStopCommand(CommandBase):
+    type: Literal["workspace.stop"]
+    payload: WorkspaceStop
+
+
+class WorkspaceRestartCommand(CommandBase):
+    type: Literal["workspace.restart"]
+    payload: WorkspaceStop
+
+
+class WorkspaceRemoveCommand(CommandBase):
+    type: Literal["workspace.remove"]
+    payload: WorkspaceRemove
+
+
+class WorkspaceInspectCommand(CommandBase):
+    type: Literal["workspace.inspect"]
+    payload: WorkspaceRef
+
+
+class WorkspaceListCommand(CommandBase):
+    type: Literal["workspace.list"]
+    payload: WorkspaceListQuery = Field(default_factory=WorkspaceListQuery)
+
+
+class WorkspaceExecCommand(CommandBase):
+    type: Literal["workspace.exec"]
+    payload: WorkspaceExec
+
+
+class WorkspaceLogsCommand(CommandBase):
+    type: Literal["workspace.logs"]
+    payload: WorkspaceLogs
+
+
+class NetworkEnsureCommand(CommandBase):
+    type: Literal["network.ensure"]
+    payload: NetworkEnsure
+
+
+class NetworkConnectCommand(CommandBase):
+    type: Literal["network.connect"]
+    payload: NetworkConnect
+
+
+class NetworkDisconnectCommand(CommandBase):
+    type: Literal["network.disconnect"]
+    payload: NetworkDisconnect
+
+
+class NetworkRemoveCommand(CommandBase):
+    type: Literal["network.remove"]
+    payload: NetworkRemove
+
+
+class ImagePullCommand(CommandBase):
+    type: Literal["image.pull"]
+    payload: ImagePull
+
+
+class ImageInspectCommand(CommandBase):
+    type: Literal["image.inspect"]
+    payload: ImageRef_
+
+
+class DiscoveryListCommand(CommandBase):
+    type: Literal["discovery.list"]
+    payload: Empty = Field(default_factory=Empty)
+
+
+class HostInfoCommand(CommandBase):
+    type: Literal["host.info"]
+    payload: Empty = Field(default_factory=Empty)
+
+
+Command = Annotated[
+    WorkspaceCreateCommand
+    | WorkspaceStartCommand
+    | WorkspaceStopCommand
+    | WorkspaceRestartCommand
+    | WorkspaceRemoveCommand
+    | WorkspaceInspectCommand
+    | WorkspaceListCommand
+    | WorkspaceExecCommand
+    | WorkspaceLogsCommand
+    | NetworkEnsureCommand
+    | NetworkConnectCommand
+    | NetworkDisconnectCommand
+    | NetworkRemoveCommand
+    | ImagePullCommand
+    | ImageInspectCommand
+    | DiscoveryListCommand
+    | HostInfoCommand,
+    Field(discriminator="type"),
+]
+"""Any command: validate with :data:`COMMAND_ADAPTER`."""
+
+COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
+
+COMMAND_TYPES: frozenset[str] = frozenset(
+    member.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
+    for member in Command.__origin__.__args__  # type: ignore[attr-defined]
+)
+"""Every command type name of the contract."""

@@ -1,0 +1,45 @@
+"""Health heartbeat (out)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from ._base import WireModel
+
+
+class DockerHealth(WireModel):
+    reachable: bool
+    version: str | None = None
+    api_version: str | None = None
+    latency_ms: float | None = None
+    containers_running: int | None = None
+
+
+class CommandCounters(WireModel):
+    in_flight: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    rejected: int = 0
+    expired: int = 0
+
+
+class EventStreamHealth(WireModel):
+    stream_connected: bool
+    last_event_at: datetime | None = None
+    lag_ms: float | None = None
+    published: int = 0
+
+
+class Heartbeat(WireModel):
+    """Published on ``<host_id>.heartbeat`` every interval and at once on a status change."""
+
+    host_id: str
+    worker_id: str
+    status: Literal["healthy", "degraded", "unhealthy"]
+    time: datetime
+    uptime_s: float
+    version: str
+    docker: DockerHealth
+    commands: CommandCounters
+    events: EventStreamHealth

@@ -1,0 +1,203 @@
+"""Result messages (out): the envelope, error codes and one result model per command type."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import Field
+
+from ._base import WireModel
+
+
+class Status(StrEnum):
+    """Outcome of a command. ``rejected``: never valid; ``failed``: valid but did not succeed."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+class ErrorCode(StrEnum):
+    """The contract's error codes."""
+
+    INVALID_COMMAND = "invalid_command"
+    UNKNOWN_TYPE = "unknown_type"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    FORBIDDEN = "forbidden"
+    IMAGE_NOT_FOUND = "image_not_found"
+    IMAGE_PULL_FAILED = "image_pull_failed"
+    DOCKER_UNAVAILABLE = "docker_unavailable"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+
+class ErrorInfo(WireModel):
+    """Why a command did not succeed, and whether sending it again may help."""
+
+    code: ErrorCode
+    message: str
+    retryable: bool = False
+
+
+class PortBinding(WireModel):
+    container_port: int
+    protocol: str
+    host_ip: str
+    host_port: int
+
+
+class Workspace(WireModel):
+    """A workspace container as results report it."""
+
+    workspace_id: str
+    name: str | None = None
+    container_id: str
+    container_name: str
+    host_id: str
+    image: str
+    image_id: str
+    state: str
+    health: str | None = None
+    created: bool | None = Field(default=None, description="create only: false when it existed")
+    ports: list[PortBinding] = Field(default_factory=list)
+    networks: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    project: str | None = None
+    stage: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+
+
+class WorkspaceRemoved(WireModel):
+    workspace_id: str
+    removed: bool
+
+
+class WorkspaceList(WireModel):
+    workspaces: list[Workspace]
+
+
+class ExecOutput(WireModel):
+    exit_code: int
+    stdout: str
+    stderr: str
+    truncated: bool
+
+
+class LogLines(WireModel):
+    lines: list[str]
+    truncated: bool
+
+
+class NetworkEnsured(WireModel):
+    network_id: str
+    name: str
+    created: bool
+
+
+class NetworkAttachment(WireModel):
+    network: str
+    workspace_id: str
+
+
+class NetworkRemoved(WireModel):
+    name: str
+    removed: bool
+
+
+class ImagePulled(WireModel):
+    image: str
+    image_id: str
+    digest: str | None = None
+
+
+class ImageInfo(WireModel):
+    image_id: str
+    exposed_ports: list[str]
+    healthcheck: dict[str, Any] | None = None
+    labels: dict[str, str]
+    created: datetime | None = None
+    size: int
+
+
+class Service(WireModel):
+    """A container discovered through its labels."""
+
+    container_id: str
+    container_name: str
+    domain: str
+    port: int
+    description: str | None = None
+    networks: dict[str, str] = Field(default_factory=dict)
+    host_ports: dict[str, int] = Field(default_factory=dict)
+
+
+class ServiceList(WireModel):
+    services: list[Service]
+
+
+class HostInfo(WireModel):
+    host_id: str
+    docker_version: str
+    api_version: str
+    os: str
+    cpus: int
+    memory_bytes: int
+    containers: int
+
+
+ResultBody = (
+    Workspace
+    | WorkspaceRemoved
+    | WorkspaceList
+    | ExecOutput
+    | LogLines
+    | NetworkEnsured
+    | NetworkAttachment
+    | NetworkRemoved
+    | ImagePulled
+    | ImageInfo
+    | ServiceList
+    | HostInfo
+)
+
+RESULT_MODELS: dict[str, type[WireModel]] = {
+    "workspace.create": Workspace,
+    "workspace.start": Workspace,
+    "workspace.stop": Workspace,
+    "workspace.restart": Workspace,
+    "workspace.remove": WorkspaceRemoved,
+    "workspace.inspect": Workspace,
+    "workspace.list": WorkspaceList,
+    "workspace.exec": ExecOutput,
+    "workspace.logs": LogLines,
+    "network.ensure": NetworkEnsured,
+    "network.connect": NetworkAttachment,
+    "network.disconnect": NetworkAttachment,
+    "network.remove": NetworkRemoved,
+    "image.pull": ImagePulled,
+    "image.inspect": ImageInfo,
+    "discovery.list": ServiceList,
+    "host.info": HostInfo,
+}
+"""The result model of each command type."""
+
+
+class Result(WireModel):
+    """The answer to one command, published to the results exchange and to ``reply_to``."""
+
+    command_id: str
+    type: str
+    status: Status
+    host_id: str
+    worker_id: str
+    result: ResultBody | None = None
+    error: ErrorInfo | None = None
+    started_at: datetime
+    finished_at: datetime
+    duration_ms: float
+    attempt: int = Field(default=1, ge=1)

@@ -1,0 +1,88 @@
+"""The FastStream application: broker, subscribers, Docker client lifespan, drain on exit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiodocker
+from faststream import AckPolicy, FastStream
+from faststream.rabbit import RabbitBroker, RabbitMessage
+from faststream.rabbit.schemas import Channel
+
+from .dispatch import Dispatcher
+from .docker_ops import DockerOps
+from .labels import Labels
+from .policy import Policy
+from .settings import Settings
+from .topology import Topology
+
+log = logging.getLogger("dockhand")
+
+DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
+
+
+async def _raw_body(message: Any, original: Any) -> bytes:
+    """Hand the handler the body untouched: validation (and rejection) is the dispatcher's."""
+    body: bytes = message.body
+    return body
+
+
+def create_app(settings: Settings | None = None) -> FastStream:
+    """Build the worker for one configuration (``python -m worker`` runs it)."""
+    settings = settings or Settings()
+    topology = Topology(settings)
+    # FastStream's own per-message "Received/Processed" lines go to DEBUG: our log has one
+    # line per command outcome instead.
+    broker = RabbitBroker(settings.amqp_url, log_level=logging.DEBUG, graceful_timeout=settings.shutdown_grace_s)
+    dispatcher = Dispatcher(settings, topology, broker)
+    labels = Labels(settings.label_prefix, settings.discovery_label_prefix)
+
+    async def on_command(body: bytes, message: RabbitMessage) -> None:
+        dispatcher.submit(body, message)
+
+    for queue, description in (
+        (topology.host_queue, f"Commands for host {settings.host_id} (and all.#)"),
+        (topology.any_queue, "Commands any host may take"),
+    ):
+        broker.subscriber(
+            queue,
+            topology.commands,
+            ack_policy=AckPolicy.MANUAL,
+            # Bounded backlog per queue; the concurrency itself is the dispatcher's semaphore.
+            channel=Channel(prefetch_count=settings.prefetch),
+            decoder=_raw_body,
+            no_reply=True,
+            description=description,
+        )(on_command)
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        docker = aiodocker.Docker(url=settings.docker_host or DEFAULT_DOCKER_URL)
+        try:
+            dispatcher.ops = DockerOps(docker, settings, labels, Policy(settings, labels))
+            yield
+        finally:
+            # The broker is already stopped here: FastStream stops it inside the lifespan.
+            await docker.close()
+
+    async def declare_topology() -> None:
+        await topology.declare(broker)
+        log.info(
+            "dockhand worker %s ready: host %s, queue %s, max concurrency %d",
+            settings.effective_worker_id,
+            settings.host_id,
+            topology.host_queue.name,
+            settings.max_concurrency,
+        )
+
+    async def drain() -> None:
+        for subscriber in broker.subscribers:
+            await subscriber.stop()  # basic.cancel: no new deliveries, acks still work
+        await dispatcher.drain(settings.shutdown_grace_s)
+
+    app = FastStream(broker, lifespan=lifespan, after_startup=[declare_topology], on_shutdown=[drain], logger=log)
+    app.context.set_global("dispatcher", dispatcher)
+    return app

@@ -1,0 +1,320 @@
+"""From a delivered message to a confirmed result and an ack.
+
+``submit`` runs synchronously at the very start of the FastStream handler, so messages enter
+their per-workspace lane in delivery order (aio-pika delivers each message as its own task;
+nothing may await before the lane is chosen). Each command then runs when its lane and a
+concurrency slot are free; its result is published with publisher confirms, and only then is
+the message acked — or rejected into the dead-letter queue when the command was never valid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import pydantic_core
+import stamina
+from pydantic import ValidationError
+
+from schemas import COMMAND_ADAPTER, COMMAND_TYPES, Command, ErrorCode, Result, Status, utcnow
+
+from .errors import DockhandError, rejected
+from .handlers import HANDLERS, check_policy, lane_key
+from .store import ResultStore
+
+if TYPE_CHECKING:
+    from faststream.rabbit import RabbitBroker, RabbitMessage
+
+    from .docker_ops import DockerOps
+    from .settings import Settings
+    from .topology import Topology
+
+log = logging.getLogger("dockhand.commands")
+
+
+class Lanes:
+    """Runs jobs with the same key one after another, in submission order; jobs without a
+    key, or with different keys, run concurrently."""
+
+    def __init__(self) -> None:
+        self._tails: dict[str, asyncio.Task[None]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, key: str | None, job: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        before = self._tails.get(key) if key is not None else None
+
+        async def run() -> None:
+            if before is not None:
+                # Wait for the predecessor however it ended; its failure is its own.
+                await asyncio.wait([before])
+            await job()
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        if key is not None:
+            self._tails[key] = task
+            task.add_done_callback(lambda t: self._tails.pop(key) if self._tails.get(key) is t else None)
+        return task
+
+
+def _summarise(exc: ValidationError, limit: int = 5) -> str:
+    parts = []
+    for error in exc.errors(include_url=False)[:limit]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+class Rejection(Exception):
+    """A message that is not a valid command, with its ``command_id`` when one was readable."""
+
+    def __init__(self, error: DockhandError, command_id: str | None, command_type: str) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.command_id = command_id
+        self.command_type = command_type
+
+
+def parse(body: bytes, routing_key: str, max_body_bytes: int) -> Command:
+    """Validate one message body against the contract, or raise :class:`Rejection`."""
+    if len(body) > max_body_bytes:
+        raise Rejection(
+            rejected(ErrorCode.INVALID_COMMAND, f"body of {len(body)} bytes exceeds the {max_body_bytes}-byte limit"),
+            None,
+            "unknown",
+        )
+    try:
+        raw = pydantic_core.from_json(body)
+    except ValueError as exc:
+        raise Rejection(rejected(ErrorCode.INVALID_COMMAND, f"body is not JSON: {exc}"), None, "unknown") from None
+    if not isinstance(raw, dict):
+        raise Rejection(rejected(ErrorCode.INVALID_COMMAND, "body must be a JSON object"), None, "unknown")
+    command_id = raw.get("command_id")
+    if not (isinstance(command_id, str) and 1 <= len(command_id) <= 128):
+        command_id = None
+    command_type = raw.get("type")
+    shown_type = command_type if isinstance(command_type, str) and len(command_type) <= 64 else "unknown"
+    if command_type not in COMMAND_TYPES:
+        raise Rejection(
+            rejected(ErrorCode.UNKNOWN_TYPE, f"unknown command type {str(command_type)[:64]!r}"), command_id, shown_type
+        )
+    _, _, key_type = routing_key.partition(".")
+    if key_type != command_type:
+        raise Rejection(
+            rejected(
+                ErrorCode.INVALID_COMMAND, f"type {command_type!r} does not match routing key {routing_key[:200]!r}"
+            ),
+            command_id,
+            shown_type,
+        )
+    try:
+        return COMMAND_ADAPTER.validate_json(body)
+    except ValidationError as exc:
+        message = f"invalid {command_type}: {_summarise(exc)}"
+        raise Rejection(rejected(ErrorCode.INVALID_COMMAND, message), command_id, shown_type) from None
+
+
+class Counters:
+    """Outcome counts for health heartbeats."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.by_status: dict[Status, int] = dict.fromkeys(Status, 0)
+
+
+class Dispatcher:
+    """Turns delivered messages into executed commands and confirmed results."""
+
+    def __init__(self, settings: Settings, topology: Topology, broker: RabbitBroker) -> None:
+        self.settings = settings
+        self.topology = topology
+        self.broker = broker
+        self.ops: DockerOps | None = None
+        self.store = ResultStore(settings.result_cache_size)
+        self.lanes = Lanes()
+        self.counters = Counters()
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self._draining = False
+        self.worker_id = settings.effective_worker_id
+
+    # --- intake (synchronous: preserves delivery order) -----------------------------------
+
+    def submit(self, body: bytes, message: RabbitMessage) -> None:
+        """Take one delivered message. Must not await: see the module docstring."""
+        received = utcnow()
+        routing_key = message.raw_message.routing_key or ""
+        try:
+            command = parse(body, routing_key, self.settings.max_body_bytes)
+        except Rejection as rejection:
+            self.lanes.submit(None, lambda: self._reject(rejection, message, received))
+            return
+        key = lane_key(command.type, command.payload)
+        self.lanes.submit(key, lambda: self._run(command, message, received))
+
+    # --- execution -----------------------------------------------------------------------
+
+    async def _run(self, command: Command, message: RabbitMessage, received: datetime) -> None:
+        async with self._slots:
+            if self._draining:
+                # Not started: leave it unacked; closing the channel returns it to the queue
+                # (in order) for the next worker.
+                return
+            self.counters.in_flight += 1
+            try:
+                result = await self._execute(command, message)
+                await self._finish(result, message, settle=self._settle_for(result.status))
+            finally:
+                self.counters.in_flight -= 1
+
+    def _attempt(self, message: RabbitMessage) -> int:
+        headers = message.raw_message.headers or {}
+        count = headers.get("x-delivery-count")
+        if isinstance(count, int):
+            return count + 1
+        return 2 if message.raw_message.redelivered else 1
+
+    async def _execute(self, command: Command, message: RabbitMessage) -> Result:
+        stored = self.store.get(command.command_id)
+        if stored is not None:
+            log.info("%s %s: answered from the stored result (redelivery)", command.type, command.command_id)
+            return stored
+        started = utcnow()
+        clock = time.perf_counter()
+        body: Any = None
+        error: DockhandError | None = None
+        if command.expires_at is not None and command.expires_at <= started:
+            error = DockhandError(
+                ErrorCode.TIMEOUT, f"command expired at {command.expires_at.isoformat()} before it ran", status=Status.EXPIRED
+            )
+        else:
+            assert self.ops is not None, "Docker client not started"
+            try:
+                check_policy(command.type, command.payload, self.ops)
+                body = await HANDLERS[command.type](command.payload, self.ops)
+            except DockhandError as exc:
+                error = exc
+            except Exception as exc:
+                log.exception("%s %s crashed", command.type, command.command_id)
+                error = DockhandError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        result = Result(
+            command_id=command.command_id,
+            type=command.type,
+            status=error.status if error else Status.SUCCEEDED,
+            host_id=self.settings.host_id,
+            worker_id=self.worker_id,
+            result=body,
+            error=error.info() if error else None,
+            started_at=started,
+            finished_at=utcnow(),
+            duration_ms=round((time.perf_counter() - clock) * 1000, 3),
+            attempt=self._attempt(message),
+        )
+        # Remember outcomes that a repeat must not redo; a retryable failure may be sent again
+        # with the same id and should then run again.
+        if result.status is not Status.REJECTED and not (error and error.retryable):
+            self.store.put(result)
+        subject = getattr(command.payload, "workspace_id", None) or getattr(command.payload, "name", None)
+        log.info(
+            "%s%s %s in %.1f ms (command %s)%s",
+            command.type,
+            f" {subject}" if subject else "",
+            result.status.value,
+            result.duration_ms,
+            command.command_id,
+            f": {error}" if error else "",
+        )
+        return result
+
+    async def _reject(self, rejection: Rejection, message: RabbitMessage, received: datetime) -> None:
+        log.warning(
+            "rejected message %s (command %s): %s",
+            message.raw_message.message_id or message.raw_message.delivery_tag,
+            rejection.command_id or "unreadable",
+            rejection.error,
+        )
+        if rejection.command_id is None:
+            self.counters.by_status[Status.REJECTED] += 1
+            await message.reject(requeue=False)
+            return
+        now = utcnow()
+        result = Result(
+            command_id=rejection.command_id,
+            type=rejection.command_type,
+            status=Status.REJECTED,
+            host_id=self.settings.host_id,
+            worker_id=self.worker_id,
+            error=rejection.error.info(),
+            started_at=received,
+            finished_at=now,
+            duration_ms=round((now - received).total_seconds() * 1000, 3),
+            attempt=self._attempt(message),
+        )
+        await self._finish(result, message, settle="reject")
+
+    @staticmethod
+    def _settle_for(status: Status) -> str:
+        return "reject" if status is Status.REJECTED else "ack"
+
+    async def _finish(self, result: Result, message: RabbitMessage, *, settle: str) -> None:
+        """Publish the result (confirmed), then ack — or reject into the dead-letter queue."""
+        try:
+            await self._publish_result(result, message)
+        except Exception:
+            # Broker unreachable even after retries: leave the message unacked so it is
+            # redelivered (and answered from the store) rather than acked without an answer.
+            log.exception("could not publish the result of %s; leaving it for redelivery", result.command_id)
+            return
+        self.counters.by_status[result.status] += 1
+        if settle == "reject":
+            await message.reject(requeue=False)
+        else:
+            await message.ack()
+
+    async def _publish_result(self, result: Result, message: RabbitMessage) -> None:
+        payload = result.model_dump_json().encode()
+        raw = message.raw_message
+        common: dict[str, Any] = {
+            "content_type": "application/json",
+            "correlation_id": raw.correlation_id,
+            "message_type": "dockhand.result",
+            # mandatory=False: a results exchange with no subscriber is not an error.
+            "mandatory": False,
+        }
+        await self._publish_confirmed(
+            payload,
+            exchange=self.topology.results,
+            routing_key=self.topology.result_key(result.type, result.status.value),
+            persist=True,
+            **common,
+        )
+        if raw.reply_to:
+            await self._publish_confirmed(payload, routing_key=raw.reply_to, **common)
+
+    async def _publish_confirmed(self, payload: bytes, **options: Any) -> None:
+        """Publish and wait for the broker's confirm; retry a failed publish (bounded)."""
+        async for attempt in stamina.retry_context(on=Exception, attempts=5, timeout=30.0):
+            with attempt:
+                await self.broker.publish(payload, **options)
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    async def drain(self, grace_s: float) -> bool:
+        """Let running commands finish (and publish) within ``grace_s``; commands not yet
+        started stay unacked for the next worker. True when everything finished in time."""
+        self._draining = True
+        pending = set(self.lanes.tasks)
+        if not pending:
+            return True
+        log.info("draining: %d command(s) in flight, up to %.0f s", self.counters.in_flight, grace_s)
+        _, late = await asyncio.wait(pending, timeout=grace_s)
+        for task in late:
+            task.cancel()
+        if late:
+            log.warning("drain: %d command(s) did not finish in time; they will be redelivered", len(late))
+        return not late
