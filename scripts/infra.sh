@@ -17,7 +17,7 @@ export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 
 TEST_IMAGE=dockhand-test/busybox:latest
 # Bump whenever the Dockerfile in build_test_image changes, so existing images get rebuilt.
-TEST_IMAGE_REV=1
+TEST_IMAGE_REV=2
 REGISTRY=127.0.0.1:5055
 REGISTRY_USER=dockhand
 REGISTRY_PASSWORD=s3cret-pw
@@ -170,7 +170,7 @@ ensure_rabbitmq() {
 # --- test image -----------------------------------------------------------------------
 
 image_rev() {
-    docker image inspect -f '{{index .Config.Labels "dockhand.test.rev"}}' "$1" 2>/dev/null || true
+    docker image inspect -f '{{index .Config.Labels "dockhand-test.rev"}}' "$1" 2>/dev/null || true
 }
 
 build_test_image() {
@@ -190,7 +190,7 @@ FROM scratch
 COPY busybox /bin/busybox
 RUN ["/bin/busybox", "--install", "-s", "/bin"]
 RUN mkdir -p /www /tmp && chmod 1777 /tmp && echo 'dockhand test page' > /www/index.html
-LABEL dockhand.test="1" dockhand.test.rev="$TEST_IMAGE_REV"
+LABEL dockhand-test.image="1" dockhand-test.rev="$TEST_IMAGE_REV"
 EXPOSE 8080
 CMD ["/bin/sh", "-c", "trap 'exit 0' TERM INT; httpd -f -p 8080 -h /www & wait"]
 EOF

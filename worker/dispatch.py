@@ -10,6 +10,7 @@ the message acked — or rejected into the dead-letter queue when the command wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -151,11 +152,22 @@ class Dispatcher:
         routing_key = message.raw_message.routing_key or ""
         try:
             command = parse(body, routing_key, self.settings.max_body_bytes)
-        except Rejection as rejection:
-            self.lanes.submit(None, lambda: self._reject(rejection, message, received))
+        except Rejection as exc:
+            rejection = exc
+            self.lanes.submit(None, lambda: self._guarded(self._reject(rejection, message, received), message))
             return
         key = lane_key(command.type, command.payload)
-        self.lanes.submit(key, lambda: self._run(command, message, received))
+        self.lanes.submit(key, lambda: self._guarded(self._run(command, message, received), message))
+
+    async def _guarded(self, job: Awaitable[None], message: RabbitMessage) -> None:
+        """A bug must not strand a message unacked: requeue it, and the quorum queue's
+        delivery limit dead-letters it if it keeps failing."""
+        try:
+            await job
+        except Exception:
+            log.exception("internal error handling message %s; requeueing it", message.raw_message.message_id)
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
 
     # --- execution -----------------------------------------------------------------------
 

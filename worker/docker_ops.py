@@ -88,6 +88,7 @@ class DockerOps:
         self.host_id = settings.host_id
         self._pulls: dict[tuple[str, str | None], asyncio.Future[None]] = {}
         self._network_locks: dict[str, asyncio.Lock] = {}
+        self._host_cpus: int | None = None
 
     # --- the one call path ---------------------------------------------------------------
 
@@ -228,7 +229,7 @@ class DockerOps:
         network = p.network or self.settings.default_network
         await self.ensure_network(NetworkEnsure(name=network))
         await self._ensure_volumes(p)
-        config = self._container_config(p, image, wanted, network)
+        config = self._container_config(p, image, wanted, network, await self._cpu_cap())
         name = self.container_name(p.workspace_id)
         try:
             await self.call(
@@ -262,11 +263,18 @@ class DockerOps:
             info = await self.get_workspace(p.workspace_id)
         return self.workspace(info, created=False)
 
-    def _container_config(self, p: WorkspaceCreate, image: JSON, wanted: str, network: str) -> JSON:
+    async def _cpu_cap(self) -> float:
+        """The CPU maximum: the setting, but never above what the host has (Docker refuses)."""
+        if self._host_cpus is None:
+            info = await self.call("system.info", self.docker.system.info, subject=f"host {self.host_id}")
+            self._host_cpus = int(info.get("NCPU") or 1)
+        return min(self.settings.max_cpus, float(self._host_cpus))
+
+    def _container_config(self, p: WorkspaceCreate, image: JSON, wanted: str, network: str, cpu_cap: float) -> JSON:
         s = self.settings
         image_ports = sorted(((image.get("Config") or {}).get("ExposedPorts") or {}).keys())
         ports = [str(port) for port in p.ports] if p.ports is not None else image_ports
-        cpus = min(p.resources.cpus or s.default_cpus, s.max_cpus)
+        cpus = min(p.resources.cpus or s.default_cpus, cpu_cap)
         memory = min(p.resources.memory_bytes or s.default_memory_bytes, s.max_memory_bytes)
         pids = min(p.resources.pids or s.default_pids, s.max_pids)
         labels = dict(p.labels)

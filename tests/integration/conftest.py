@@ -1,0 +1,322 @@
+"""Fixtures for tests against a real RabbitMQ and a real Docker Engine.
+
+``scripts/test`` starts both (and the local registry) and exports ``DOCKHAND_TEST_*``. Each
+test session runs its own worker process under a unique host id and exchange prefix, so it
+never sees another run's messages; everything it creates carries the session's labels and
+is removed at the end, by label, with force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiodocker
+import pytest
+
+AMQP_URL = os.environ.get("DOCKHAND_TEST_AMQP_URL", "amqp://guest:guest@localhost:5672/")
+TEST_IMAGE = os.environ.get("DOCKHAND_TEST_IMAGE", "dockhand-test/busybox:latest")
+REGISTRY_IMAGE = os.environ.get("DOCKHAND_TEST_REGISTRY_IMAGE", "127.0.0.1:5055/dockhand-test/busybox:latest")
+REGISTRY_USER = os.environ.get("DOCKHAND_TEST_REGISTRY_USER", "dockhand")
+REGISTRY_PASSWORD = os.environ.get("DOCKHAND_TEST_REGISTRY_PASSWORD", "s3cret-pw")
+TEST_LABEL = "dockhand-test.session"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Everything under tests/integration needs both real services.
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.docker)
+            item.add_marker(pytest.mark.rabbitmq)
+
+
+@pytest.fixture(scope="session")
+def session_id() -> str:
+    return secrets.token_hex(3)
+
+
+@dataclass
+class WorkerProcess:
+    """A ``python -m worker`` subprocess and what it was configured with."""
+
+    host_id: str
+    prefix: str
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+    bind_root: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+
+def _docker_cli(*args: str) -> str:
+    out = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120, check=False)
+    return out.stdout
+
+
+def remove_labelled(label: str) -> None:
+    """Force-remove every container, network and volume carrying ``label`` (key=value)."""
+    containers = _docker_cli("ps", "-aq", "--filter", f"label={label}").split()
+    if containers:
+        _docker_cli("rm", "-f", "-v", *containers)
+    networks = _docker_cli("network", "ls", "-q", "--filter", f"label={label}").split()
+    if networks:
+        _docker_cli("network", "rm", *networks)
+    volumes = _docker_cli("volume", "ls", "-q", "--filter", f"label={label}").split()
+    if volumes:
+        _docker_cli("volume", "rm", "-f", *volumes)
+
+
+async def _delete_topology(prefix: str, host_ids: list[str]) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        queues = [f"{prefix}.commands.{h}" for h in host_ids] + [f"{prefix}.commands.any", f"{prefix}.commands.dead"]
+        for queue in queues:
+            with contextlib.suppress(Exception):
+                await channel.queue_delete(queue)
+        for name in ("commands", "results", "events", "health", "dead"):
+            with contextlib.suppress(Exception):
+                await channel.exchange_delete(f"{prefix}.{name}")
+
+
+class WorkerFactory:
+    """Starts workers for a session and cleans up after all of them."""
+
+    def __init__(self, session_id: str, root: Path) -> None:
+        self.session_id = session_id
+        self.root = root
+        self.prefix = f"dhtest-{session_id}"
+        self.workers: list[WorkerProcess] = []
+
+    def start(self, name: str = "a", *, wait: bool = True, **overrides: str) -> WorkerProcess:
+        host_id = f"t{self.session_id}-{name}"
+        bind_root = self.root / "binds"
+        bind_root.mkdir(exist_ok=True)
+        env = {
+            **os.environ,
+            "DOCKHAND_AMQP_URL": AMQP_URL,
+            "DOCKHAND_HOST_ID": host_id,
+            "DOCKHAND_EXCHANGE_PREFIX": self.prefix,
+            "DOCKHAND_DEFAULT_NETWORK": f"dhtest-{self.session_id}",
+            "DOCKHAND_ALLOWED_BIND_ROOTS": str(bind_root),
+            "DOCKHAND_ALLOWED_CAPABILITIES": "NET_BIND_SERVICE",
+            "DOCKHAND_MAX_CONCURRENCY": "8",
+            "DOCKHAND_DELIVERY_LIMIT": "3",
+            "DOCKHAND_SHUTDOWN_GRACE_S": "20",
+            "DOCKHAND_LOG_LEVEL": "INFO",
+            **overrides,
+        }
+        log_path = self.root / f"worker-{name}-{len(self.workers)}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "worker"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        worker = WorkerProcess(host_id, self.prefix, env, log_path, proc, bind_root)
+        self.workers.append(worker)
+        if wait:
+            self.wait_ready(worker)
+        return worker
+
+    @staticmethod
+    def wait_ready(worker: WorkerProcess, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready: host " in worker.log():
+                return
+            if worker.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"worker {worker.host_id} did not become ready:\n{worker.log()[-4000:]}")
+
+    def cleanup(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        for worker in self.workers:
+            remove_labelled(f"dockhand.host={worker.host_id}")
+        remove_labelled(f"{TEST_LABEL}={self.session_id}")
+        asyncio.run(_delete_topology(self.prefix, sorted({w.host_id for w in self.workers})))
+
+
+@pytest.fixture(scope="session")
+def workers(session_id: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerFactory]:
+    factory = WorkerFactory(session_id, tmp_path_factory.mktemp("workers"))
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
+@pytest.fixture(scope="session")
+def worker(workers: WorkerFactory) -> WorkerProcess:
+    """The session's main worker (host ``t<session>-a``)."""
+    return workers.start("a")
+
+
+@dataclass
+class Client:
+    """Publishes commands as a client service would, and reads what comes back."""
+
+    channel: aio_pika.abc.AbstractChannel
+    commands: aio_pika.abc.AbstractExchange
+    reply_queue: aio_pika.abc.AbstractQueue
+    results_queue: aio_pika.abc.AbstractQueue
+    worker: WorkerProcess
+    session_id: str
+    replies: dict[str, asyncio.Queue[dict[str, Any]]] = field(default_factory=dict)
+    results: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def _reply_box(self, correlation_id: str) -> asyncio.Queue[dict[str, Any]]:
+        return self.replies.setdefault(correlation_id, asyncio.Queue())
+
+    async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async with message.process():
+            self._reply_box(message.correlation_id or "").put_nowait(json.loads(message.body))
+
+    async def _on_result(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async with message.process():
+            self.results.append((message.routing_key or "", json.loads(message.body)))
+
+    def labels(self, **extra: str) -> dict[str, str]:
+        return {TEST_LABEL: self.session_id, **extra}
+
+    def ws_id(self, name: str = "ws") -> str:
+        return f"t{self.session_id}-{name}-{secrets.token_hex(2)}"
+
+    async def publish(
+        self,
+        body: bytes | dict[str, Any],
+        routing_key: str,
+        *,
+        correlation_id: str | None = None,
+        reply: bool = True,
+        message_id: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> str:
+        correlation_id = correlation_id or uuid.uuid4().hex
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self._reply_box(correlation_id)
+        await self.commands.publish(
+            aio_pika.Message(
+                raw,
+                content_type="application/json",
+                correlation_id=correlation_id,
+                reply_to=self.reply_queue.name if reply else None,
+                message_id=message_id or uuid.uuid4().hex,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                headers=headers,
+            ),
+            routing_key=routing_key,
+        )
+        return correlation_id
+
+    def command(
+        self, command_type: str, payload: dict[str, Any] | None = None, *, command_id: str | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"command_id": command_id or uuid.uuid4().hex, "type": command_type, **extra}
+        if payload is not None:
+            body["payload"] = payload
+        return body
+
+    async def send(
+        self,
+        command_type: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        target: str | None = None,
+        timeout: float = 60,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Publish one command and wait for its result on ``reply_to``."""
+        body = self.command(command_type, payload, **extra)
+        correlation_id = await self.publish(body, f"{target or self.worker.host_id}.{command_type}")
+        return await self.reply(correlation_id, timeout)
+
+    async def reply(self, correlation_id: str, timeout: float = 60) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(self._reply_box(correlation_id).get(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"no reply for {correlation_id} within {timeout} s; worker log:\n{self.worker.log()[-3000:]}"
+            ) from None
+
+    async def no_reply(self, correlation_id: str, wait: float = 1.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            extra = await asyncio.wait_for(self._reply_box(correlation_id).get(), wait)
+            raise AssertionError(f"unexpected extra reply: {extra}")
+
+    async def dead_letter(self, message_id: str, timeout: float = 15) -> aio_pika.abc.AbstractIncomingMessage:
+        """The message with ``message_id`` from the dead-letter queue (others are skipped)."""
+        queue = await self.channel.get_queue(f"{self.worker.prefix}.commands.dead", ensure=False)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = await queue.get(fail=False, no_ack=False)
+            if message is None:
+                await asyncio.sleep(0.1)
+                continue
+            await message.ack()
+            if message.message_id == message_id:
+                return message
+        raise AssertionError(f"message {message_id} did not reach the dead-letter queue within {timeout} s")
+
+    async def results_for(self, command_id: str, count: int = 1, timeout: float = 10) -> list[tuple[str, dict[str, Any]]]:
+        """Messages seen on the results exchange for ``command_id`` (waits for ``count``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [(key, body) for key, body in self.results if body.get("command_id") == command_id]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def client(worker: WorkerProcess, session_id: str) -> AsyncIterator[Client]:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        commands = await channel.get_exchange(f"{worker.prefix}.commands", ensure=False)
+        reply_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        results_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await results_queue.bind(f"{worker.prefix}.results", routing_key="#")
+        client = Client(channel, commands, reply_queue, results_queue, worker, session_id)
+        await reply_queue.consume(client._on_reply)
+        await results_queue.consume(client._on_result)
+        yield client
+
+
+@pytest.fixture
+async def docker() -> AsyncIterator[aiodocker.Docker]:
+    client = aiodocker.Docker()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def test_image() -> str:
+    return TEST_IMAGE
