@@ -7,10 +7,9 @@ host namespaces, devices) have no field at all, so they cannot even be expressed
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
-
-import re
 
 from pydantic import Field, SecretStr, StringConstraints, TypeAdapter, field_validator, model_validator
 
@@ -228,7 +227,7 @@ class ImagePull(WireModel):
     registry_auth: RegistryAuth | None = None
 
 
-class ImageRef_(WireModel):  # noqa: N801 - ImageRef is the string type
+class ImageRef_(WireModel):
     """Payload of ``image.inspect``."""
 
     image: ImageRef
@@ -358,7 +357,7 @@ Command = Annotated[
 COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
 
 COMMAND_TYPES: frozenset[str] = frozenset(
-    member.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
+    member.model_fields["type"].annotation.__args__[0]
     for member in Command.__origin__.__args__  # type: ignore[attr-defined]
 )
 """Every command type name of the contract."""

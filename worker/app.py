@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiodocker
+import aiohttp
 from faststream import AckPolicy, FastStream
 from faststream.rabbit import RabbitBroker, RabbitMessage
 from faststream.rabbit.schemas import Channel
@@ -60,7 +61,10 @@ def create_app(settings: Settings | None = None) -> FastStream:
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
-        docker = aiodocker.Docker(url=settings.docker_host or DEFAULT_DOCKER_URL)
+        # A bound for ordinary API calls; aiodocker leaves stop/pull/logs/exec unbounded, and
+        # those carry their own limits (stop timeout, pull and exec timeouts).
+        timeout = aiohttp.ClientTimeout(total=settings.docker_timeout_s, connect=10)
+        docker = aiodocker.Docker(url=settings.docker_host or DEFAULT_DOCKER_URL, timeout=timeout)
         try:
             dispatcher.ops = DockerOps(docker, settings, labels, Policy(settings, labels))
             yield

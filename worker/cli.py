@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -25,7 +26,9 @@ def run() -> None:
 
 
 @app.command()
-def schema(directory: Path = typer.Argument(None, help="Where to write (default: schemas/json).")) -> None:
+def schema(
+    directory: Annotated[Path | None, typer.Argument(help="Where to write (default: schemas/json).")] = None,
+) -> None:
     """Write the JSON Schema of every message kind."""
     from schemas.export import SCHEMA_DIR, write
 

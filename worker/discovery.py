@@ -15,9 +15,7 @@ from schemas import Service
 from .docker_ops import DockerOps
 from .labels import Labels
 
-_DOMAIN = re.compile(
-    r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$"
-)
+_DOMAIN = re.compile(r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 
 
 class InvalidLabels(ValueError):
@@ -43,8 +41,7 @@ def parse_service(info: dict[str, Any], names: Labels) -> Service:
         raise InvalidLabels(f"label {names.discovery('port')}={raw_port!r} is not a port (1..65535)")
     settings = info.get("NetworkSettings") or {}
     networks = {
-        name: endpoint.get("IPAddress") or ""
-        for name, endpoint in sorted((settings.get("Networks") or {}).items())
+        name: endpoint.get("IPAddress") or "" for name, endpoint in sorted((settings.get("Networks") or {}).items())
     }
     wanted = labels.get(names.discovery("network"))
     if wanted:

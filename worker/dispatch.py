@@ -202,7 +202,9 @@ class Dispatcher:
         error: DockhandError | None = None
         if command.expires_at is not None and command.expires_at <= started:
             error = DockhandError(
-                ErrorCode.TIMEOUT, f"command expired at {command.expires_at.isoformat()} before it ran", status=Status.EXPIRED
+                ErrorCode.TIMEOUT,
+                f"command expired at {command.expires_at.isoformat()} before it ran",
+                status=Status.EXPIRED,
             )
         else:
             assert self.ops is not None, "Docker client not started"

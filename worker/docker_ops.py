@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import aiodocker
@@ -343,16 +344,20 @@ class DockerOps:
                 continue
             name = mount.source
             subject = f"volume {name} on {self.host_id}"
-            info = await self.maybe("volume.inspect", lambda n=name: DockerVolume(self.docker, n).show(), subject=subject)
+            info: JSON | None = await self.maybe(
+                "volume.inspect", DockerVolume(self.docker, name).show, subject=subject
+            )
             if info is None:
                 config = {"Name": name, "Labels": self._managed_labels(**{self.labels.workspace_id: p.workspace_id})}
-                await self.call("volume.create", lambda c=config: self.docker.volumes.create(c), subject=subject)
+                await self.call("volume.create", partial(self.docker.volumes.create, config), subject=subject)
             elif not self.labels.is_managed_by(info.get("Labels"), self.host_id):
                 raise DockhandError(ErrorCode.FORBIDDEN, f"{subject} exists and is not managed by this host")
 
     async def _start(self, workspace_id: str, ref: str) -> None:
         await self.call(
-            "container.start", lambda: self.docker.containers.container(ref).start(), subject=self._subject(workspace_id)
+            "container.start",
+            lambda: self.docker.containers.container(ref).start(),
+            subject=self._subject(workspace_id),
         )
 
     async def start_workspace(self, workspace_id: str) -> Workspace:
@@ -366,14 +371,18 @@ class DockerOps:
         info = await self.get_workspace(p.workspace_id)
         if info["State"].get("Running") or info["State"].get("Restarting"):
             container = self.docker.containers.container(info["Id"])
-            await self.call("container.stop", lambda: container.stop(t=p.timeout_s), subject=self._subject(p.workspace_id))
+            await self.call(
+                "container.stop", lambda: container.stop(t=p.timeout_s), subject=self._subject(p.workspace_id)
+            )
             info = await self.get_workspace(p.workspace_id)
         return self.workspace(info)
 
     async def restart_workspace(self, p: WorkspaceStop) -> Workspace:
         info = await self.get_workspace(p.workspace_id)
         container = self.docker.containers.container(info["Id"])
-        await self.call("container.restart", lambda: container.restart(t=p.timeout_s), subject=self._subject(p.workspace_id))
+        await self.call(
+            "container.restart", lambda: container.restart(t=p.timeout_s), subject=self._subject(p.workspace_id)
+        )
         return self.workspace(await self.get_workspace(p.workspace_id))
 
     async def remove_workspace(self, p: WorkspaceRemove) -> WorkspaceRemoved:
@@ -399,7 +408,11 @@ class DockerOps:
         volume = DockerVolume(self.docker, name)
         info = await self.maybe("volume.inspect", volume.show, subject=subject)
         labels = (info or {}).get("Labels") or {}
-        if info and self.labels.is_managed_by(labels, self.host_id) and labels.get(self.labels.workspace_id) == workspace_id:
+        if (
+            info
+            and self.labels.is_managed_by(labels, self.host_id)
+            and labels.get(self.labels.workspace_id) == workspace_id
+        ):
             try:
                 await self.call("volume.delete", volume.delete, subject=subject)
             except DockhandError as exc:
@@ -498,7 +511,9 @@ class DockerOps:
 
     async def _inspect_network(self, name: str) -> JSON | None:
         info = await self.maybe(
-            "network.inspect", lambda: DockerNetwork(self.docker, name).show(), subject=f"network {name} on {self.host_id}"
+            "network.inspect",
+            lambda: DockerNetwork(self.docker, name).show(),
+            subject=f"network {name} on {self.host_id}",
         )
         # Docker also matches an id prefix; only an exact name counts.
         if info is None or (info.get("Name") != name and info.get("Id") != name):
@@ -582,7 +597,9 @@ class DockerOps:
             await self.pull(image, auth)
             info = await self._inspect_image(image)
         if info is None:
-            raise DockhandError(ErrorCode.IMAGE_NOT_FOUND, f"image {image} not found on {self.host_id} (pull: {policy})")
+            raise DockhandError(
+                ErrorCode.IMAGE_NOT_FOUND, f"image {image} not found on {self.host_id} (pull: {policy})"
+            )
         return info
 
     async def pull(self, image: str, auth: RegistryAuth | None) -> None:
@@ -602,7 +619,11 @@ class DockerOps:
         header: JSON | None = None
         if auth is not None:
             registry = auth.server_address or image_registry(image)
-            header = {"username": auth.username, "password": auth.password.get_secret_value(), "serveraddress": registry}
+            header = {
+                "username": auth.username,
+                "password": auth.password.get_secret_value(),
+                "serveraddress": registry,
+            }
             if "/" not in reference:  # aiodocker wants a registry host in the name when auth is set
                 reference = f"docker.io/library/{reference}"
         subject = f"image {image} on {self.host_id}"

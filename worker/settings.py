@@ -48,7 +48,6 @@ class Settings(BaseSettings):
     delivery_limit: int = Field(default=5, ge=1, le=1000)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
-    health_interval_s: float = Field(default=10.0, gt=0)
     docker_timeout_s: float = Field(default=60.0, gt=0)
     pull_timeout_s: float = Field(default=600.0, gt=0)
     docker_retry_attempts: int = Field(default=3, ge=1, le=10)
@@ -72,9 +71,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
 
-    _split = field_validator(
-        "allowed_capabilities", "allowed_bind_roots", "allowed_registries", mode="before"
-    )(_split_csv)
+    _split = field_validator("allowed_capabilities", "allowed_bind_roots", "allowed_registries", mode="before")(
+        _split_csv
+    )
 
     @field_validator("host_id")
     @classmethod

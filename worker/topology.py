@@ -11,6 +11,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from faststream.rabbit import RabbitBroker
+    from faststream.rabbit.schemas.queue import QuorumQueueArgs
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,8 @@ class Topology:
     def dead(self) -> RabbitExchange:
         return self._exchange("dead")
 
-    def _command_queue_args(self, *, single_active: bool) -> dict[str, object]:
-        args: dict[str, object] = {
+    def _command_queue_args(self, *, single_active: bool) -> QuorumQueueArgs:
+        args: QuorumQueueArgs = {
             "x-dead-letter-exchange": self.dead.name,
             # at-least-once: a dead letter is only dropped from the source queue once the
             # dead-letter queue has confirmed it ("never dropped"); needs reject-publish.
@@ -62,7 +63,7 @@ class Topology:
             f"{self.settings.exchange_prefix}.commands.{self.settings.host_id}",
             queue_type=QueueType.QUORUM,
             routing_key=f"{self.settings.host_id}.#",
-            arguments=self._command_queue_args(single_active=True),  # type: ignore[arg-type]
+            arguments=self._command_queue_args(single_active=True),
         )
 
     @property
@@ -72,7 +73,7 @@ class Topology:
             f"{self.settings.exchange_prefix}.commands.any",
             queue_type=QueueType.QUORUM,
             routing_key="any.#",
-            arguments=self._command_queue_args(single_active=False),  # type: ignore[arg-type]
+            arguments=self._command_queue_args(single_active=False),
         )
 
     @property

@@ -283,7 +283,9 @@ class Client:
                 return message
         raise AssertionError(f"message {message_id} did not reach the dead-letter queue within {timeout} s")
 
-    async def results_for(self, command_id: str, count: int = 1, timeout: float = 10) -> list[tuple[str, dict[str, Any]]]:
+    async def results_for(
+        self, command_id: str, count: int = 1, timeout: float = 10
+    ) -> list[tuple[str, dict[str, Any]]]:
         """Messages seen on the results exchange for ``command_id`` (waits for ``count``)."""
         deadline = time.monotonic() + timeout
         while True:

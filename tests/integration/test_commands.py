@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import aiodocker
@@ -23,11 +24,31 @@ BAD_INPUT = [
     ("malformed-json", b'{"command_id": "x", "type": ', "host.info", None),
     ("not-an-object", b'["host.info"]', "host.info", None),
     ("random-bytes", bytes(range(256)), "host.info", None),
-    ("schema", {"type": "workspace.start", "payload": {"workspace_id": "UPPER/case"}}, "workspace.start", "invalid_command"),
-    ("extra-field", {"type": "workspace.start", "payload": {"workspace_id": "ok", "privileged": True}}, "workspace.start", "invalid_command"),
+    (
+        "schema",
+        {"type": "workspace.start", "payload": {"workspace_id": "UPPER/case"}},
+        "workspace.start",
+        "invalid_command",
+    ),
+    (
+        "extra-field",
+        {"type": "workspace.start", "payload": {"workspace_id": "ok", "privileged": True}},
+        "workspace.start",
+        "invalid_command",
+    ),
     ("unknown-type", {"type": "workspace.explode", "payload": {}}, "workspace.explode", "unknown_type"),
-    ("type-mismatch", {"type": "workspace.remove", "payload": {"workspace_id": "ok"}}, "workspace.start", "invalid_command"),
-    ("wrong-type", {"type": "workspace.logs", "payload": {"workspace_id": "ok", "tail": "10"}}, "workspace.logs", "invalid_command"),
+    (
+        "type-mismatch",
+        {"type": "workspace.remove", "payload": {"workspace_id": "ok"}},
+        "workspace.start",
+        "invalid_command",
+    ),
+    (
+        "wrong-type",
+        {"type": "workspace.logs", "payload": {"workspace_id": "ok", "tail": "10"}},
+        "workspace.logs",
+        "invalid_command",
+    ),
 ]
 
 
@@ -92,7 +113,9 @@ async def test_policy_violation_is_rejected_before_any_docker_call(
     payload["mounts"] = [*payload.get("mounts", []), {"type": "volume", "source": volume, "target": "/v"}]
     body = client.command("workspace.create", payload)
     message_id = uuid.uuid4().hex
-    correlation_id = await client.publish(json.dumps(body).encode(), _key(client, "workspace.create"), message_id=message_id)
+    correlation_id = await client.publish(
+        json.dumps(body).encode(), _key(client, "workspace.create"), message_id=message_id
+    )
     reply = await client.reply(correlation_id)
     assert reply["status"] == "rejected", reply
     assert reply["error"]["code"] == "forbidden"
@@ -127,7 +150,9 @@ async def test_redelivered_command_id_does_not_repeat_side_effects(client: Clien
     count = await client.send("workspace.exec", {"workspace_id": ws, "command": ["cat", "/tmp/count"]})
     assert count["result"]["stdout"] == "once\n"
 
-    create = client.command("workspace.create", {"workspace_id": client.ws_id(), "image": test_image, "labels": client.labels()})
+    create = client.command(
+        "workspace.create", {"workspace_id": client.ws_id(), "image": test_image, "labels": client.labels()}
+    )
     replies = [await client.reply(await client.publish(create, _key(client, "workspace.create"))) for _ in range(2)]
     assert replies[0] == replies[1]
     assert replies[0]["result"]["created"] is True
@@ -138,7 +163,10 @@ async def test_per_workspace_order_under_concurrency(client: Client, test_image:
     queue order, while different workspaces run at the same time."""
     workspaces = [client.ws_id(f"o{i}") for i in range(4)]
     await asyncio.gather(
-        *(client.send("workspace.create", {"workspace_id": ws, "image": test_image, "labels": client.labels()}) for ws in workspaces)
+        *(
+            client.send("workspace.create", {"workspace_id": ws, "image": test_image, "labels": client.labels()})
+            for ws in workspaces
+        )
     )
 
     def append(ws: str, n: int) -> tuple[str, dict[str, Any]]:
@@ -167,7 +195,7 @@ async def test_per_workspace_order_under_concurrency(client: Client, test_image:
         ordered = [by_id[c] for c in sent[ws]]
         finished = [r["finished_at"] for r in ordered]
         assert finished == sorted(finished), f"{ws} ran out of order"
-        assert all(a["finished_at"] <= b["started_at"] for a, b in zip(ordered, ordered[1:], strict=False))
+        assert all(a["finished_at"] <= b["started_at"] for a, b in pairwise(ordered))
         content = await client.send("workspace.exec", {"workspace_id": ws, "command": ["cat", "/tmp/order"]})
         assert content["result"]["stdout"] == "1\n2\n3\n"
         state = await client.send("workspace.inspect", {"workspace_id": ws})
@@ -175,7 +203,7 @@ async def test_per_workspace_order_under_concurrency(client: Client, test_image:
 
     # Different workspaces overlapped in time (they are not serialised globally).
     intervals = sorted((r["started_at"], r["finished_at"]) for r in replies)
-    assert any(b_start < a_end for (_, a_end), (b_start, _) in zip(intervals, intervals[1:], strict=False))
+    assert any(b_start < a_end for (_, a_end), (b_start, _) in pairwise(intervals))
 
 
 async def test_all_and_any_targets_reach_the_worker(client: Client) -> None:

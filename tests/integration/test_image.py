@@ -50,7 +50,8 @@ async def test_pull_without_auth_fails(client: Client) -> None:
     assert REGISTRY_IMAGE in reply["error"]["message"]
 
     wrong = await client.send(
-        "image.pull", {"image": REGISTRY_IMAGE, "registry_auth": {"username": REGISTRY_USER, "password": "wrong-pw-xyz"}}
+        "image.pull",
+        {"image": REGISTRY_IMAGE, "registry_auth": {"username": REGISTRY_USER, "password": "wrong-pw-xyz"}},
     )
     assert wrong["error"]["code"] == "image_pull_failed"
     assert "wrong-pw-xyz" not in json.dumps(wrong)

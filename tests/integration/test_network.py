@@ -31,7 +31,8 @@ async def test_ensure_connect_disconnect_remove(client: Client, docker: aiodocke
     assert "api" in container["NetworkSettings"]["Networks"][name]["Aliases"]
 
     busy = await client.send("network.remove", {"name": name})
-    assert busy["status"] == "failed" and busy["error"]["code"] == "conflict"
+    assert busy["status"] == "failed", busy
+    assert busy["error"]["code"] == "conflict"
 
     for _ in range(2):  # disconnecting twice is fine
         disconnected = await client.send("network.disconnect", {"network": name, "workspace_id": ws})

@@ -68,7 +68,9 @@ async def test_resources_are_capped_at_the_maxima(client: Client, docker: aiodoc
     assert host_config["PidsLimit"] == 4096
 
 
-async def test_create_again_same_spec_is_not_created_twice(client: Client, docker: aiodocker.Docker, test_image: str) -> None:
+async def test_create_again_same_spec_is_not_created_twice(
+    client: Client, docker: aiodocker.Docker, test_image: str
+) -> None:
     ws = client.ws_id()
     payload = create_payload(client, test_image, ws, project="p1")
     first = await client.send("workspace.create", payload)
@@ -96,7 +98,8 @@ async def test_lifecycle_is_idempotent_per_state(client: Client, docker: aiodock
     container = docker.containers.container(created["result"]["container_id"])
 
     start = await client.send("workspace.start", {"workspace_id": ws})
-    assert start["status"] == "succeeded" and start["result"]["state"] == "running"
+    assert start["status"] == "succeeded", start
+    assert start["result"]["state"] == "running"
 
     for _ in range(2):  # stop of a stopped workspace succeeds too
         stop = await client.send("workspace.stop", {"workspace_id": ws, "timeout_s": 5})
@@ -105,13 +108,15 @@ async def test_lifecycle_is_idempotent_per_state(client: Client, docker: aiodock
     assert (await container.show())["State"]["Running"] is False
 
     restart = await client.send("workspace.restart", {"workspace_id": ws, "timeout_s": 1})
-    assert restart["status"] == "succeeded" and restart["result"]["state"] == "running"
+    assert restart["status"] == "succeeded", restart
+    assert restart["result"]["state"] == "running"
     inspect = await client.send("workspace.inspect", {"workspace_id": ws})
     assert inspect["result"]["state"] == "running"
     assert inspect["result"]["started_at"] is not None
 
     running_remove = await client.send("workspace.remove", {"workspace_id": ws})
-    assert running_remove["status"] == "failed" and running_remove["error"]["code"] == "conflict"
+    assert running_remove["status"] == "failed", running_remove
+    assert running_remove["error"]["code"] == "conflict"
 
     removed = await client.send("workspace.remove", {"workspace_id": ws, "force": True})
     assert removed["result"] == {"workspace_id": ws, "removed": True}
@@ -224,9 +229,7 @@ async def test_unmanaged_container_is_forbidden_and_untouched(
 ) -> None:
     ws = client.ws_id()
     # Someone else's container that happens to have the workspace's name.
-    container = await docker.containers.create(
-        {"Image": test_image, "Labels": client.labels()}, name=f"dockhand-{ws}"
-    )
+    container = await docker.containers.create({"Image": test_image, "Labels": client.labels()}, name=f"dockhand-{ws}")
     try:
         await container.start()
         for command_type, payload in [
