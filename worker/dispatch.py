@@ -101,7 +101,8 @@ def parse(body: bytes, routing_key: str, max_body_bytes: int) -> Command:
         command_id = None
     command_type = raw.get("type")
     shown_type = command_type if isinstance(command_type, str) and len(command_type) <= 64 else "unknown"
-    if command_type not in COMMAND_TYPES:
+    # isinstance first: a list or object "type" is unhashable and must be a rejection, not a crash.
+    if not isinstance(command_type, str) or command_type not in COMMAND_TYPES:
         raise Rejection(
             rejected(ErrorCode.UNKNOWN_TYPE, f"unknown command type {str(command_type)[:64]!r}"), command_id, shown_type
         )

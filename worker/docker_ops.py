@@ -64,7 +64,8 @@ def parse_docker_time(value: str | None) -> datetime | None:
         return None
     head, dot, rest = value.partition(".")
     if dot:
-        digits = "".join(ch for ch in rest if ch.isdigit())
+        # Only the fraction's leading digits: an offset such as "+02:00" has digits too.
+        digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
         zone = rest[len(digits) :]
         value = f"{head}.{digits[:6]}{zone}"
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -624,8 +625,10 @@ class DockerOps:
                 "password": auth.password.get_secret_value(),
                 "serveraddress": registry,
             }
-            if "/" not in reference:  # aiodocker wants a registry host in the name when auth is set
-                reference = f"docker.io/library/{reference}"
+            # aiodocker takes the registry host from the name when auth is set, so Docker Hub
+            # names need their canonical form ("busybox" -> "docker.io/library/busybox").
+            if image_registry(image) == "docker.io" and not image.startswith("docker.io/"):
+                reference = f"docker.io/{reference if '/' in reference else 'library/' + reference}"
         subject = f"image {image} on {self.host_id}"
 
         async def pull() -> None:

@@ -19,8 +19,11 @@ _PREFIX = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 def default_host_id() -> str:
     """The machine's hostname made a valid host id (lower case, ``[a-z0-9-]``, ≤ 63)."""
-    name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-")
-    return (name or "host")[:63]
+    name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-")[:63].strip("-")
+    # "any" and "all" are routing targets, not hosts.
+    if not name:
+        return "host"
+    return f"host-{name}" if name in {"any", "all"} else name
 
 
 def _split_csv(value: object) -> object:
