@@ -1,10 +1,11 @@
 """From a delivered message to a confirmed result and an ack.
 
-``submit`` runs synchronously at the very start of the FastStream handler, so messages enter
-their per-workspace lane in delivery order (aio-pika delivers each message as its own task;
-nothing may await before the lane is chosen). Each command then runs when its lane and a
-concurrency slot are free; its result is published with publisher confirms, and only then is
-the message acked — or rejected into the dead-letter queue when the command was never valid.
+aio-pika hands each delivery to FastStream as its own task, and under load those tasks reach
+the handler out of order. ``submit`` therefore restores the broker's order from the delivery
+tags (:class:`DeliveryOrder`) before a message enters its per-workspace lane. Each command then
+runs when its lane and a concurrency slot are free; its result is published with publisher
+confirms, and only then is the message acked — or rejected into the dead-letter queue when the
+command was never valid.
 """
 
 from __future__ import annotations
@@ -61,6 +62,64 @@ class Lanes:
             self._tails[key] = task
             task.add_done_callback(lambda t: self._tails.pop(key) if self._tails.get(key) is t else None)
         return task
+
+
+class DeliveryOrder:
+    """Releases deliveries in broker order: delivery tags count 1, 2, 3, … per channel, so a
+    message that arrives early is held until the ones before it have arrived.
+
+    A delivery that never reaches the handler (FastStream failed before it) would stall its
+    channel; after ``gap_timeout_s`` the held messages are released anyway, in tag order.
+    """
+
+    def __init__(self, gap_timeout_s: float = 2.0) -> None:
+        self._gap_timeout_s = gap_timeout_s
+        self._next: dict[int, int] = {}
+        self._held: dict[int, dict[int, Callable[[], None]]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+
+    def admit(self, channel: object, tag: int | None, release: Callable[[], None]) -> None:
+        if tag is None:  # not from a broker delivery (tests): nothing to order by
+            release()
+            return
+        key = id(channel)
+        if key not in self._next:
+            # A new channel (first start or a reconnect): its tags start again at 1.
+            self._forget_closed()
+            self._next[key] = 1
+        if tag < self._next[key]:
+            release()  # released already by a gap timeout: late, but never dropped
+            return
+        held = self._held.setdefault(key, {})
+        held[tag] = release
+        self._drain(key)
+
+    def _drain(self, key: int) -> None:
+        held = self._held[key]
+        expected = self._next[key]
+        while expected in held:
+            held.pop(expected)()
+            expected += 1
+        self._next[key] = expected
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if held:
+            self._timers[key] = asyncio.get_running_loop().call_later(self._gap_timeout_s, self._skip_gap, key)
+
+    def _skip_gap(self, key: int) -> None:
+        self._timers.pop(key, None)
+        held = self._held.get(key)
+        if held:
+            log.warning("delivery %d never reached the handler; releasing the %d after it", self._next[key], len(held))
+            self._next[key] = min(held)
+            self._drain(key)
+
+    def _forget_closed(self) -> None:
+        # Keep the bookkeeping of a handful of channels; old ones have nothing held.
+        for key in [k for k in self._next if not self._held.get(k)][:-8]:
+            self._next.pop(key, None)
+            self._held.pop(key, None)
 
 
 def _summarise(exc: ValidationError, limit: int = 5) -> str:
@@ -140,6 +199,7 @@ class Dispatcher:
         self.ops: DockerOps | None = None
         self.store = ResultStore(settings.result_cache_size)
         self.lanes = Lanes()
+        self._order = DeliveryOrder()
         self.counters = Counters()
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._draining = False
@@ -148,7 +208,11 @@ class Dispatcher:
     # --- intake (synchronous: preserves delivery order) -----------------------------------
 
     def submit(self, body: bytes, message: RabbitMessage) -> None:
-        """Take one delivered message. Must not await: see the module docstring."""
+        """Take one delivered message; it enters its lane in broker delivery order."""
+        raw = message.raw_message
+        self._order.admit(raw.channel, raw.delivery_tag, lambda: self._enter(body, message))
+
+    def _enter(self, body: bytes, message: RabbitMessage) -> None:
         received = utcnow()
         routing_key = message.raw_message.routing_key or ""
         try:
