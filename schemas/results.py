@@ -134,6 +134,7 @@ class Service(WireModel):
     description: str | None = None
     networks: dict[str, str] = Field(default_factory=dict)
     host_ports: dict[str, int] = Field(default_factory=dict)
+    health: str | None = Field(default=None, description="Docker health status, when it has a healthcheck")
 
 
 class ServiceList(WireModel):

@@ -13,10 +13,15 @@ from faststream import AckPolicy, FastStream
 from faststream.rabbit import RabbitBroker, RabbitMessage
 from faststream.rabbit.schemas import Channel
 
+from . import __version__
+from .discovery import Discovery
 from .dispatch import Dispatcher
 from .docker_ops import DockerOps
+from .events import EventStream
+from .health import HealthMonitor
 from .labels import Labels
 from .policy import Policy
+from .publishing import Publisher
 from .settings import Settings
 from .topology import Topology
 
@@ -38,8 +43,10 @@ def create_app(settings: Settings | None = None) -> FastStream:
     # FastStream's own per-message "Received/Processed" lines go to DEBUG: our log has one
     # line per command outcome instead.
     broker = RabbitBroker(settings.amqp_url, log_level=logging.DEBUG, graceful_timeout=settings.shutdown_grace_s)
-    dispatcher = Dispatcher(settings, topology, broker)
+    publisher = Publisher(broker)
+    dispatcher = Dispatcher(settings, topology, publisher)
     labels = Labels(settings.label_prefix, settings.discovery_label_prefix)
+    background: dict[str, EventStream | HealthMonitor] = {}
 
     async def on_command(body: bytes, message: RabbitMessage) -> None:
         dispatcher.submit(body, message)
@@ -72,8 +79,27 @@ def create_app(settings: Settings | None = None) -> FastStream:
             # The broker is already stopped here: FastStream stops it inside the lifespan.
             await docker.close()
 
-    async def declare_topology() -> None:
+    async def start_background() -> None:
         await topology.declare(broker)
+        ops = dispatcher.ops
+        assert ops is not None
+        discovery = Discovery(
+            ops,
+            publisher.to(topology.events, message_type="dockhand.discovery"),
+            require_healthy=settings.discovery_require_healthy,
+        )
+        stream = EventStream(ops, settings, discovery, publisher.to(topology.events, message_type="dockhand.event"))
+        health = HealthMonitor(
+            ops,
+            settings,
+            dispatcher.counters,
+            stream.state,
+            publisher.to(topology.health, message_type="dockhand.heartbeat"),
+            __version__,
+        )
+        background.update(stream=stream, health=health)
+        stream.start()
+        health.start()
         log.info(
             "dockhand worker %s ready: host %s, queue %s, max concurrency %d",
             settings.effective_worker_id,
@@ -86,7 +112,9 @@ def create_app(settings: Settings | None = None) -> FastStream:
         for subscriber in broker.subscribers:
             await subscriber.stop()  # basic.cancel: no new deliveries, acks still work
         await dispatcher.drain(settings.shutdown_grace_s)
+        for task in background.values():
+            await task.stop()
 
-    app = FastStream(broker, lifespan=lifespan, after_startup=[declare_topology], on_shutdown=[drain], logger=log)
+    app = FastStream(broker, lifespan=lifespan, after_startup=[start_background], on_shutdown=[drain], logger=log)
     app.context.set_global("dispatcher", dispatcher)
     return app

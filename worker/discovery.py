@@ -1,21 +1,36 @@
 """Label discovery: which containers of the host announce a service, read from their labels.
 
-Reads any container (managed or not) and never changes one.
+Reads any container (managed or not) and never changes one. :class:`Discovery` keeps the
+current service set and publishes each change once: ``added`` when a service appears,
+``removed`` when it goes, ``updated`` when its addresses or health change, ``invalid`` when an
+enabled container's labels do not parse. Events are incremental (one inspect of the one
+container); a full list happens only at start-up, after a gap in the event stream, and
+periodically — and every full list ends in a snapshot.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import logging
 import re
-from typing import Any
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
-from schemas import Service
+from schemas import DiscoveryEvent, DiscoverySnapshot, Service, WireModel, utcnow
+from schemas.events import InvalidService
 
 from .docker_ops import DockerOps
 from .labels import Labels
 
+log = logging.getLogger("dockhand.discovery")
+
 _DOMAIN = re.compile(r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+_LIST_HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
+
+_LIST_KEYS = ("Id", "Names", "Labels", "State", "Status", "Ports", "NetworkSettings")
+
+Publish = Callable[[str, WireModel], Awaitable[None]]
 
 
 class InvalidLabels(ValueError):
@@ -26,8 +41,34 @@ def is_enabled(labels: dict[str, str] | None, names: Labels) -> bool:
     return (labels or {}).get(names.discovery("enabled"), "").lower() == "true"
 
 
+def from_list_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A ``GET /containers/json`` entry in the shape of an inspect, as far as discovery reads it,
+    so a full list and an incremental inspect yield the very same :class:`Service`."""
+    ports: dict[str, list[dict[str, str]]] = {}
+    for port in entry.get("Ports") or []:
+        if port.get("PublicPort"):
+            key = f"{port['PrivatePort']}/{port.get('Type', 'tcp')}"
+            ports.setdefault(key, []).append({"HostIp": port.get("IP", ""), "HostPort": str(port["PublicPort"])})
+    match = _LIST_HEALTH.search(entry.get("Status") or "")
+    health = {"healthy": "healthy", "unhealthy": "unhealthy", "health: starting": "starting"}.get(
+        match.group(1) if match else ""
+    )
+    names = entry.get("Names") or [""]
+    return {
+        "Id": entry["Id"],
+        "Name": names[0],
+        "Config": {"Labels": entry.get("Labels") or {}},
+        "State": {"Running": entry.get("State") == "running", **({"Health": {"Status": health}} if health else {})},
+        "NetworkSettings": {"Networks": (entry.get("NetworkSettings") or {}).get("Networks") or {}, "Ports": ports},
+    }
+
+
+def health_of(info: dict[str, Any]) -> str | None:
+    return ((info.get("State") or {}).get("Health") or {}).get("Status")
+
+
 def parse_service(info: dict[str, Any], names: Labels) -> Service:
-    """The service a container inspect announces; :class:`InvalidLabels` when the labels are bad."""
+    """The service a container (inspect shape) announces; :class:`InvalidLabels` when the labels are bad."""
     labels: dict[str, str] = info["Config"].get("Labels") or {}
     domain = labels.get(names.discovery("domain"), "").strip()
     if not domain:
@@ -49,9 +90,10 @@ def parse_service(info: dict[str, Any], names: Labels) -> Service:
             raise InvalidLabels(f"label {names.discovery('network')}={wanted!r}: container is not on that network")
         networks = {wanted: networks[wanted]}
     host_ports = {
-        port: int(bindings[0]["HostPort"])
+        # The smallest host port of a binding: IPv4 and IPv6 bindings may be listed in any order.
+        port: min(int(b["HostPort"]) for b in bindings if b.get("HostPort"))
         for port, bindings in sorted((settings.get("Ports") or {}).items())
-        if bindings and bindings[0].get("HostPort")
+        if bindings and any(b.get("HostPort") for b in bindings)
     }
     return Service(
         container_id=info["Id"],
@@ -61,26 +103,184 @@ def parse_service(info: dict[str, Any], names: Labels) -> Service:
         description=labels.get(names.discovery("description")),
         networks=networks,
         host_ports=host_ports,
+        health=health_of(info),
     )
 
 
-async def list_services(ops: DockerOps) -> list[Service]:
-    """Every valid service of the running containers (invalid ones are left out)."""
-    filters = json.dumps({"label": [f"{ops.labels.discovery('enabled')}=true"], "status": ["running"]})
-    containers = await ops.call(
-        "container.list", lambda: ops.docker.containers.list(filters=filters), subject=f"containers on {ops.host_id}"
-    )
-    limit = asyncio.Semaphore(16)
+def _from_event(container_id: str, attributes: dict[str, str]) -> dict[str, Any]:
+    """Inspect shape from an event's actor attributes (labels, name), for a container that was
+    already gone when we looked: the service still appeared, so it is still announced."""
+    labels = {k: v for k, v in attributes.items() if k not in {"name", "image", "exitCode", "signal"}}
+    return {
+        "Id": container_id,
+        "Name": attributes.get("name", ""),
+        "Config": {"Labels": labels},
+        "State": {"Running": False},
+        "NetworkSettings": {},
+    }
 
-    async def one(container: Any) -> Service | None:
-        async with limit:
-            info = await ops.maybe("container.inspect", container.show, subject=f"container {container.id}")
-        if info is None:
-            return None
+
+class Discovery:
+    """The host's discovered services, kept current from Docker events."""
+
+    def __init__(self, ops: DockerOps, publish: Publish, *, require_healthy: bool = False) -> None:
+        self.ops = ops
+        self.names = ops.labels
+        self.host_id = ops.host_id
+        self.require_healthy = require_healthy
+        self.services: dict[str, Service] = {}
+        self.invalid: dict[str, str] = {}
+        self._publish = publish
+
+    # --- rules ------------------------------------------------------------------------------
+
+    def _waiting_for_health(self, info: dict[str, Any]) -> bool:
+        """In healthy-only mode a container with a healthcheck counts once it is healthy;
+        one without a healthcheck counts when it runs."""
+        health = health_of(info)
+        return self.require_healthy and health is not None and health != "healthy"
+
+    # --- incremental ------------------------------------------------------------------------
+
+    async def on_container_event(self, action: str, container_id: str, attributes: dict[str, str]) -> None:
+        if not is_enabled(attributes, self.names) and container_id not in self.services:
+            return  # not a discovery container: no inspect, no work
+        if action == "start":
+            await self._appear(container_id, attributes)
+        elif action in {"die", "stop", "destroy"}:
+            await self._disappear(container_id)
+        elif action.startswith("health_status"):
+            status = action.partition(": ")[2]
+            if self.require_healthy and status == "unhealthy":
+                await self._disappear(container_id)
+            elif self.require_healthy and status == "healthy" and container_id not in self.services:
+                await self._appear(container_id, attributes)
+            else:
+                await self._refresh(container_id)
+        elif action == "rename":
+            await self._refresh(container_id)
+
+    async def on_network_event(self, action: str, container_id: str | None) -> None:
+        if action in {"connect", "disconnect"} and container_id and container_id in self.services:
+            await self._refresh(container_id)
+
+    async def _inspect(self, container_id: str) -> dict[str, Any] | None:
+        container = self.ops.docker.containers.container(container_id)
+        info: dict[str, Any] | None = await self.ops.maybe(
+            "container.inspect", container.show, subject=f"container {container_id[:12]} on {self.host_id}"
+        )
+        return info
+
+    async def _appear(self, container_id: str, attributes: dict[str, str]) -> None:
+        info = await self._inspect(container_id) or _from_event(container_id, attributes)
+        if info["State"].get("Running") and self._waiting_for_health(info):
+            return
+        await self._settle(container_id, info)
+
+    async def _refresh(self, container_id: str) -> None:
+        info = await self._inspect(container_id)
+        if info is None or not info["State"].get("Running"):
+            return  # stopping: die/stop/destroy will say so
+        if self._waiting_for_health(info):
+            await self._disappear(container_id)
+            return
+        await self._settle(container_id, info)
+
+    async def _settle(self, container_id: str, info: dict[str, Any]) -> None:
+        """Publish whatever changed for one container, given its current description."""
         try:
-            return parse_service(info, ops.labels)
-        except InvalidLabels:
-            return None
+            service = parse_service(info, self.names)
+        except InvalidLabels as exc:
+            await self._disappear(container_id)
+            await self._mark_invalid(container_id, info, str(exc))
+            return
+        self.invalid.pop(container_id, None)
+        known = self.services.get(container_id)
+        self.services[container_id] = service
+        if known is None:
+            await self._emit("discovery.added", service)
+        elif known != service:
+            await self._emit("discovery.updated", service)
 
-    services = [s for s in await asyncio.gather(*(one(c) for c in containers)) if s is not None]
+    async def _disappear(self, container_id: str) -> None:
+        self.invalid.pop(container_id, None)
+        service = self.services.pop(container_id, None)
+        if service is not None:
+            await self._emit("discovery.removed", service)
+
+    async def _mark_invalid(self, container_id: str, info: dict[str, Any], reason: str) -> None:
+        if self.invalid.get(container_id) == reason:
+            return
+        self.invalid[container_id] = reason
+        log.warning("container %s has invalid discovery labels: %s", info["Name"].lstrip("/"), reason)
+        event = DiscoveryEvent(
+            event_id=_event_id(),
+            host_id=self.host_id,
+            type="discovery.invalid",
+            time=utcnow(),
+            container=InvalidService(container_id=container_id, container_name=info["Name"].lstrip("/")),
+            reason=reason,
+        )
+        await self._publish(f"{self.host_id}.discovery.invalid", event)
+
+    async def _emit(
+        self, kind: Literal["discovery.added", "discovery.removed", "discovery.updated"], service: Service
+    ) -> None:
+        event = DiscoveryEvent(event_id=_event_id(), host_id=self.host_id, type=kind, time=utcnow(), service=service)
+        await self._publish(f"{self.host_id}.{kind}", event)
+
+    # --- full list ----------------------------------------------------------------------------
+
+    async def reconcile(self, reason: Literal["startup", "resync", "periodic"]) -> list[Service]:
+        """List every running discovery container, publish the differences, then a snapshot."""
+        entries = await list_enabled(self.ops)
+        seen: set[str] = set()
+        for entry in entries:
+            info = from_list_entry(entry)
+            if self._waiting_for_health(info):
+                continue
+            seen.add(info["Id"])
+            await self._settle(info["Id"], info)
+        for container_id in [c for c in self.services if c not in seen]:
+            await self._disappear(container_id)
+        for container_id in [c for c in self.invalid if c not in seen]:
+            self.invalid.pop(container_id, None)
+        services = self.current()
+        snapshot = DiscoverySnapshot(
+            event_id=_event_id(), host_id=self.host_id, time=utcnow(), services=services, reason=reason
+        )
+        await self._publish(f"{self.host_id}.discovery.snapshot", snapshot)
+        log.info("discovery %s: %d service(s), %d invalid", reason, len(services), len(self.invalid))
+        return services
+
+    def current(self) -> list[Service]:
+        return sorted(self.services.values(), key=lambda s: (s.domain, s.container_name))
+
+
+def _event_id() -> str:
+    return uuid.uuid4().hex
+
+
+async def list_enabled(ops: DockerOps) -> list[dict[str, Any]]:
+    """Running containers with ``<discovery prefix>.enabled=true`` (raw list entries)."""
+    filters = json.dumps({"label": [f"{ops.labels.discovery('enabled')}=true"], "status": ["running"]})
+
+    async def fetch() -> list[dict[str, Any]]:
+        containers = await ops.docker.containers.list(filters=filters)
+        return [{key: c[key] for key in _LIST_KEYS if key in c} for c in containers]
+
+    return await ops.call("container.list", fetch, subject=f"containers on {ops.host_id}")
+
+
+async def list_services(ops: DockerOps, *, require_healthy: bool = False) -> list[Service]:
+    """The current service set from a fresh list (what ``discovery.list`` answers)."""
+    services = []
+    for entry in await list_enabled(ops):
+        info = from_list_entry(entry)
+        if require_healthy and health_of(info) not in (None, "healthy"):
+            continue
+        try:
+            services.append(parse_service(info, ops.labels))
+        except InvalidLabels:
+            continue
     return sorted(services, key=lambda s: (s.domain, s.container_name))

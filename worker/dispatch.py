@@ -19,7 +19,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pydantic_core
-import stamina
 from pydantic import ValidationError
 
 from schemas import COMMAND_ADAPTER, COMMAND_TYPES, Command, ErrorCode, Result, Status, utcnow
@@ -29,9 +28,10 @@ from .handlers import HANDLERS, check_policy, lane_key
 from .store import ResultStore
 
 if TYPE_CHECKING:
-    from faststream.rabbit import RabbitBroker, RabbitMessage
+    from faststream.rabbit import RabbitMessage
 
     from .docker_ops import DockerOps
+    from .publishing import Publisher
     from .settings import Settings
     from .topology import Topology
 
@@ -192,10 +192,10 @@ class Counters:
 class Dispatcher:
     """Turns delivered messages into executed commands and confirmed results."""
 
-    def __init__(self, settings: Settings, topology: Topology, broker: RabbitBroker) -> None:
+    def __init__(self, settings: Settings, topology: Topology, publisher: Publisher) -> None:
         self.settings = settings
         self.topology = topology
-        self.broker = broker
+        self.publisher = publisher
         self.ops: DockerOps | None = None
         self.store = ResultStore(settings.result_cache_size)
         self.lanes = Lanes()
@@ -358,14 +358,8 @@ class Dispatcher:
     async def _publish_result(self, result: Result, message: RabbitMessage) -> None:
         payload = result.model_dump_json().encode()
         raw = message.raw_message
-        common: dict[str, Any] = {
-            "content_type": "application/json",
-            "correlation_id": raw.correlation_id,
-            "message_type": "dockhand.result",
-            # mandatory=False: a results exchange with no subscriber is not an error.
-            "mandatory": False,
-        }
-        await self._publish_confirmed(
+        common: dict[str, Any] = {"correlation_id": raw.correlation_id, "message_type": "dockhand.result"}
+        await self.publisher.confirmed(
             payload,
             exchange=self.topology.results,
             routing_key=self.topology.result_key(result.type, result.status.value),
@@ -373,13 +367,7 @@ class Dispatcher:
             **common,
         )
         if raw.reply_to:
-            await self._publish_confirmed(payload, routing_key=raw.reply_to, **common)
-
-    async def _publish_confirmed(self, payload: bytes, **options: Any) -> None:
-        """Publish and wait for the broker's confirm; retry a failed publish (bounded)."""
-        async for attempt in stamina.retry_context(on=Exception, attempts=5, timeout=30.0):
-            with attempt:
-                await self.broker.publish(payload, **options)
+            await self.publisher.confirmed(payload, routing_key=raw.reply_to, **common)
 
     # --- shutdown ------------------------------------------------------------------------
 

@@ -91,6 +91,7 @@ class DockerOps:
         self._pulls: dict[tuple[str, str | None], asyncio.Future[None]] = {}
         self._network_locks: dict[str, asyncio.Lock] = {}
         self._host_cpus: int | None = None
+        self.available = True  # set by the health monitor's probe
 
     # --- the one call path ---------------------------------------------------------------
 
@@ -106,7 +107,12 @@ class DockerOps:
         """Run one Docker API call: retry transient failures, map the rest to a contract code.
 
         ``operation`` is a low-cardinality name (``container.create``) for logs and spans.
+        While the health monitor sees the daemon down, calls fail fast (``docker_unavailable``).
         """
+        if not self.available:
+            raise DockhandError(
+                ErrorCode.DOCKER_UNAVAILABLE, f"{subject}: Docker daemon unreachable on {self.host_id}", retryable=True
+            )
         try:
             async for attempt in stamina.retry_context(
                 on=is_transient,

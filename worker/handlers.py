@@ -124,7 +124,9 @@ async def image_inspect(p: ImageRef_, ops: DockerOps) -> WireModel:
 
 @handles("discovery.list")
 async def discovery_list(p: Empty, ops: DockerOps) -> WireModel:
-    return ServiceList(services=await discovery.list_services(ops))
+    return ServiceList(
+        services=await discovery.list_services(ops, require_healthy=ops.settings.discovery_require_healthy)
+    )
 
 
 @handles("host.info")

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     delivery_limit: int = Field(default=5, ge=1, le=1000)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    health_interval_s: float = Field(default=10.0, gt=0)
+    event_queue_size: int = Field(default=10_000, ge=10)
+    event_reconnect_max_s: float = Field(default=2.0, gt=0)
+    reconcile_interval_s: float = Field(default=300.0, gt=0)
+    discovery_require_healthy: bool = False
     docker_timeout_s: float = Field(default=60.0, gt=0)
     pull_timeout_s: float = Field(default=600.0, gt=0)
     docker_retry_attempts: int = Field(default=3, ge=1, le=10)

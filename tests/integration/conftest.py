@@ -322,3 +322,60 @@ async def docker() -> AsyncIterator[aiodocker.Docker]:
 @pytest.fixture
 def test_image() -> str:
     return TEST_IMAGE
+
+
+@dataclass
+class EventLog:
+    """Everything published on a worker's events and health exchanges, as it arrives."""
+
+    items: list[tuple[str, dict[str, Any], float]] = field(default_factory=list)
+
+    async def on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async with message.process():
+            self.items.append((message.routing_key or "", json.loads(message.body), time.monotonic()))
+
+    def select(self, kind: str, predicate: Any = None) -> list[dict[str, Any]]:
+        """Bodies whose routing key ends with ``kind`` (e.g. ``discovery.added``) and match."""
+        return [body for key, body, _ in self.items if key.endswith(kind) and (predicate is None or predicate(body))]
+
+    async def wait_for(
+        self, kind: str, predicate: Any = None, count: int = 1, timeout: float = 20
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.select(kind, predicate)
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(found)}/{count} {kind} event(s) within {timeout} s; seen: {self.kinds()}")
+            await asyncio.sleep(0.05)
+
+    def kinds(self) -> list[str]:
+        return [key for key, _, _ in self.items][-40:]
+
+
+@contextlib.asynccontextmanager
+async def listen(prefix: str) -> AsyncIterator[EventLog]:
+    """Bind a private queue to ``<prefix>.events`` and ``<prefix>.health`` (declaring them as
+    the worker does, so a listener can start before the worker)."""
+    log = EventLog()
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        for name in ("events", "health"):
+            exchange = await channel.declare_exchange(f"{prefix}.{name}", aio_pika.ExchangeType.TOPIC, durable=True)
+            await queue.bind(exchange, routing_key="#")
+        await queue.consume(log.on_message)
+        yield log
+
+
+@pytest.fixture
+async def events(worker: WorkerProcess) -> AsyncIterator[EventLog]:
+    async with listen(worker.prefix) as log:
+        yield log
+
+
+def service_of(container_id: str) -> Any:
+    """Predicate: a discovery event about this container."""
+    return lambda body: (body.get("service") or body.get("container") or {}).get("container_id") == container_id

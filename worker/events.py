@@ -1,0 +1,270 @@
+"""The Docker event pipeline: ``/events`` → bounded queue → events exchange and discovery.
+
+Docker drops a listener that does not drain its stream quickly, so the reader only parses and
+enqueues; a separate processor publishes. The stream is opened *before* any list (a marker in
+the queue tells the processor to reconcile once the subscription is live), resumed with
+``since`` after a drop (the boundary event comes back and is deduplicated), and every
+reconnect, queue overflow and period ends in a full reconcile and a discovery snapshot — the
+worker cannot prove that no event was missed across a gap, and the daemon's 256-event buffer
+does not survive a daemon restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import aiohttp
+
+from schemas import ContainerEvent, NetworkEvent, WireModel
+from schemas.events import ContainerRef, NetworkRef
+
+from .discovery import Discovery
+from .docker_ops import DockerOps
+from .settings import Settings
+
+log = logging.getLogger("dockhand.events")
+
+CONTAINER_ACTIONS = frozenset(
+    {"create", "start", "stop", "die", "kill", "oom", "restart", "pause", "unpause", "destroy", "rename"}
+)
+PUBLISHED_CONTAINER_ACTIONS = CONTAINER_ACTIONS - {"rename"}
+HEALTH_ACTIONS = frozenset({"health_status: healthy", "health_status: unhealthy"})
+NETWORK_ACTIONS = frozenset({"create", "destroy", "connect", "disconnect"})
+_NOT_LABELS = frozenset({"name", "image", "exitCode", "signal", "execDuration"})
+_EVENT_ID_NAMESPACE = uuid.UUID("6f0b7c1e-3f64-4c1c-9c53-8a3a5f2f1d10")
+
+Publish = Callable[[str, WireModel], Awaitable[None]]
+
+
+@dataclass
+class Reconcile:
+    """Queue marker: list everything now (after the events queued before it)."""
+
+    reason: Literal["startup", "resync", "periodic"]
+
+
+@dataclass
+class StreamState:
+    """What health heartbeats report about the event stream."""
+
+    connected: bool = False
+    last_event_at: datetime | None = None
+    lag_ms: float | None = None
+    published: int = 0
+    reconnects: int = 0
+    dropped: int = 0
+
+
+def _since(time_nano: int) -> str:
+    return f"{time_nano // 1_000_000_000}.{time_nano % 1_000_000_000:09d}"
+
+
+def _event_key(event: dict[str, Any]) -> tuple[Any, ...]:
+    actor = event.get("Actor") or {}
+    return (event.get("timeNano"), event.get("Type"), event.get("Action"), actor.get("ID"))
+
+
+class EventStream:
+    """Reads Docker events, publishes them, and keeps :class:`Discovery` current."""
+
+    def __init__(self, ops: DockerOps, settings: Settings, discovery: Discovery, publish: Publish) -> None:
+        self.ops = ops
+        self.settings = settings
+        self.discovery = discovery
+        self._publish = publish
+        self.state = StreamState()
+        self.queue: asyncio.Queue[tuple[dict[str, Any], float] | Reconcile] = asyncio.Queue(settings.event_queue_size)
+        self._last_time_nano: int | None = None
+        self._recent: deque[tuple[Any, ...]] = deque(maxlen=1024)
+        self._recent_set: set[tuple[Any, ...]] = set()
+        self._overflowed = False
+        self._workspaces: dict[str, str] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ready = asyncio.Event()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read_forever()), loop.create_task(self._process_forever())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    # --- reader: never waits on the broker ------------------------------------------------------
+
+    async def _read_forever(self) -> None:
+        delay = 0.1
+        first = True
+        while True:
+            try:
+                await self._read_once(first)
+                first = False
+                delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("docker event stream: %s: %s; reconnecting in %.1f s", type(exc).__name__, exc, delay)
+            if self.state.connected:
+                self.state.connected = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.event_reconnect_max_s)
+
+    async def _read_once(self, first: bool) -> None:
+        params: dict[str, Any] = {"filters": json.dumps({"type": ["container", "network"]})}
+        if self._last_time_nano is not None:
+            params["since"] = _since(self._last_time_nano)
+        docker = self.ops.docker
+        # aiodocker's own subscription hands events to an unbounded queue and never reconnects;
+        # reading the stream here keeps the bound, the reconnect and the timing in one place.
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None, connect=10)
+        async with docker._query("events", method="GET", params=params, timeout=timeout) as response:
+            self.state.connected = True
+            if not first:
+                self.state.reconnects += 1
+                log.info("docker event stream reconnected (since %s)", params.get("since", "now"))
+            self._enqueue(Reconcile("startup" if first else "resync"))
+            async for line in response.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                key = _event_key(event)
+                if key in self._recent_set:
+                    continue  # the boundary event of a resumed stream
+                self._remember(key)
+                self._last_time_nano = int(event.get("timeNano") or self._last_time_nano or 0)
+                self._enqueue((event, time.time()))
+        raise ConnectionError("stream ended")
+
+    def _remember(self, key: tuple[Any, ...]) -> None:
+        if len(self._recent) == self._recent.maxlen:
+            self._recent_set.discard(self._recent[0])
+        self._recent.append(key)
+        self._recent_set.add(key)
+
+    def _enqueue(self, item: tuple[dict[str, Any], float] | Reconcile) -> None:
+        if self._overflowed:
+            # Events were dropped: the next thing the processor does is a full reconcile.
+            try:
+                self.queue.put_nowait(Reconcile("resync"))
+                self._overflowed = False
+            except asyncio.QueueFull:
+                self.state.dropped += 1
+                return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.state.dropped += 1
+            if not self._overflowed:
+                log.warning("event queue full (%d): dropping events until a resync", self.queue.maxsize)
+            self._overflowed = True
+
+    # --- processor ------------------------------------------------------------------------------
+
+    async def _process_forever(self) -> None:
+        interval = self.settings.reconcile_interval_s
+        next_periodic = time.monotonic() + interval
+        while True:
+            try:
+                item = await asyncio.wait_for(self.queue.get(), max(0.0, next_periodic - time.monotonic()))
+            except TimeoutError:
+                item = Reconcile("periodic")
+            try:
+                if isinstance(item, Reconcile):
+                    await self.discovery.reconcile(item.reason)
+                    next_periodic = time.monotonic() + interval
+                    self.ready.set()
+                else:
+                    await self._handle(*item)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # One bad event (or a failed publish) must not stop the pipeline; the next
+                # reconcile repairs discovery state.
+                log.exception("event processing failed")
+                if not isinstance(item, Reconcile):
+                    self._overflowed = True
+
+    async def _handle(self, event: dict[str, Any], received: float) -> None:
+        kind = event.get("Type")
+        action: str = event.get("Action") or ""
+        actor = event.get("Actor") or {}
+        attributes: dict[str, str] = actor.get("Attributes") or {}
+        time_nano = int(event.get("timeNano") or 0)
+        when = datetime.fromtimestamp(time_nano / 1e9, UTC)
+        self.state.last_event_at = when
+        self.state.lag_ms = round((received - time_nano / 1e9) * 1000, 3)
+        if kind == "container":
+            container_id = actor.get("ID") or event.get("id") or ""
+            # The event first, then the discovery change it causes: consumers see cause, then effect.
+            if action in PUBLISHED_CONTAINER_ACTIONS or action in HEALTH_ACTIONS:
+                await self._publish_container(event, action, container_id, attributes, when)
+            await self.discovery.on_container_event(action, container_id, attributes)
+        elif kind == "network" and action in NETWORK_ACTIONS:
+            container_id = attributes.get("container")
+            await self._publish_network(event, action, attributes, when)
+            await self.discovery.on_network_event(action, container_id)
+
+    async def _publish_container(
+        self, event: dict[str, Any], action: str, container_id: str, attributes: dict[str, str], when: datetime
+    ) -> None:
+        labels = {k: v for k, v in attributes.items() if k not in _NOT_LABELS}
+        names = self.ops.labels
+        workspace_id = None
+        if names.is_managed_by(labels, self.ops.host_id):
+            workspace_id = labels.get(names.workspace_id)
+            if workspace_id:
+                self._workspaces[container_id] = workspace_id
+        if action == "destroy":
+            self._workspaces.pop(container_id, None)
+        name = action.replace("health_status: ", "health.")
+        extra: dict[str, Any] = {}
+        if "exitCode" in attributes:
+            extra["exit_code"] = int(attributes["exitCode"])
+        if "signal" in attributes:
+            extra["signal"] = attributes["signal"]
+        message = ContainerEvent(
+            event_id=str(uuid.uuid5(_EVENT_ID_NAMESPACE, repr(_event_key(event)))),
+            host_id=self.ops.host_id,
+            type=f"container.{name}",
+            time=when,
+            container=ContainerRef(
+                id=container_id,
+                name=attributes.get("name"),
+                image=attributes.get("image"),
+                labels=labels,
+                workspace_id=workspace_id,
+            ),
+            attributes=extra,
+        )
+        await self._publish(f"{self.ops.host_id}.container.{name}", message)
+        self.state.published += 1
+
+    async def _publish_network(
+        self, event: dict[str, Any], action: str, attributes: dict[str, str], when: datetime
+    ) -> None:
+        actor = event.get("Actor") or {}
+        container_id = attributes.get("container")
+        message = NetworkEvent(
+            event_id=str(uuid.uuid5(_EVENT_ID_NAMESPACE, repr(_event_key(event)))),
+            host_id=self.ops.host_id,
+            type=f"network.{action}",
+            time=when,
+            network=NetworkRef(id=actor.get("ID") or "", name=attributes.get("name"), type=attributes.get("type")),
+            container_id=container_id,
+            workspace_id=self._workspaces.get(container_id or ""),
+        )
+        await self._publish(f"{self.ops.host_id}.network.{action}", message)
+        self.state.published += 1

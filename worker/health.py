@@ -1,0 +1,145 @@
+"""Health heartbeats on ``<host_id>.heartbeat``: every interval, and at once on a status change.
+
+Docker is probed every second (``/version``: reachability, latency, version in one call), so a
+status change is published within about a second and commands fail fast with
+``docker_unavailable`` while the daemon is down instead of each waiting out its retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+from schemas import Heartbeat, Status, WireModel, utcnow
+from schemas.health import CommandCounters, DockerHealth, EventStreamHealth
+
+from .dispatch import Counters
+from .docker_ops import DockerOps
+from .events import StreamState
+from .settings import Settings
+
+log = logging.getLogger("dockhand.health")
+
+Publish = Callable[[str, WireModel], Awaitable[None]]
+HealthStatus = Literal["healthy", "degraded", "unhealthy"]
+
+
+class HealthMonitor:
+    """Probes Docker, derives the status and publishes heartbeats."""
+
+    def __init__(
+        self,
+        ops: DockerOps,
+        settings: Settings,
+        counters: Counters,
+        stream: StreamState,
+        publish: Publish,
+        version: str,
+    ) -> None:
+        self.ops = ops
+        self.settings = settings
+        self.counters = counters
+        self.stream = stream
+        self._publish = publish
+        self.version = version
+        self.status: HealthStatus | None = None
+        self.docker = DockerHealth(reachable=True)
+        self._started = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def probe(self) -> DockerHealth:
+        """One Docker probe; also switches fail-fast on or off for commands."""
+        began = time.perf_counter()
+        try:
+            async with asyncio.timeout(min(2.0, self.settings.health_interval_s)):
+                version = await self.ops.docker.version()
+        except Exception as exc:
+            if self.docker.reachable:
+                log.warning("docker unreachable: %s: %s", type(exc).__name__, exc)
+            self.ops.available = False
+            return DockerHealth(reachable=False)
+        if not self.docker.reachable:
+            log.info("docker reachable again")
+        self.ops.available = True
+        return DockerHealth(
+            reachable=True,
+            version=str(version.get("Version", "")),
+            api_version=str(version.get("ApiVersion", "")),
+            latency_ms=round((time.perf_counter() - began) * 1000, 3),
+            containers_running=self.docker.containers_running,
+        )
+
+    def _derive(self) -> HealthStatus:
+        if not self.docker.reachable:
+            return "unhealthy"
+        if not self.stream.connected:
+            return "degraded"
+        return "healthy"
+
+    async def _containers_running(self) -> int | None:
+        try:
+            info = await self.ops.docker.system.info()
+        except Exception:
+            return None
+        return int(info.get("ContainersRunning") or 0)
+
+    async def _run(self) -> None:
+        interval = self.settings.health_interval_s
+        tick = min(1.0, interval)
+        last_sent = 0.0
+        while True:
+            try:
+                self.docker = await self.probe()
+                status = self._derive()
+                due = time.monotonic() - last_sent >= interval
+                if status != self.status or due:
+                    if self.docker.reachable:
+                        self.docker = self.docker.model_copy(
+                            update={"containers_running": await self._containers_running()}
+                        )
+                    if status != self.status and self.status is not None:
+                        log.warning("health %s -> %s", self.status, status)
+                    self.status = status
+                    await self._publish(f"{self.settings.host_id}.heartbeat", self.heartbeat())
+                    last_sent = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("heartbeat failed")
+            await asyncio.sleep(tick)
+
+    def heartbeat(self) -> Heartbeat:
+        by_status = self.counters.by_status
+        return Heartbeat(
+            host_id=self.settings.host_id,
+            worker_id=self.settings.effective_worker_id,
+            status=self.status or self._derive(),
+            time=utcnow(),
+            uptime_s=round(time.monotonic() - self._started, 3),
+            version=self.version,
+            docker=self.docker,
+            commands=CommandCounters(
+                in_flight=self.counters.in_flight,
+                succeeded=by_status[Status.SUCCEEDED],
+                failed=by_status[Status.FAILED],
+                rejected=by_status[Status.REJECTED],
+                expired=by_status[Status.EXPIRED],
+            ),
+            events=EventStreamHealth(
+                stream_connected=self.stream.connected,
+                last_event_at=self.stream.last_event_at,
+                lag_ms=self.stream.lag_ms,
+                published=self.stream.published,
+            ),
+        )
