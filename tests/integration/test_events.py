@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -180,7 +181,7 @@ async def test_heartbeats_arrive_on_time_with_counters(workers: WorkerFactory) -
             mine = lambda b: b["host_id"] == worker.host_id  # noqa: E731
             beats = await log.wait_for("heartbeat", mine, count=4, timeout=15)
             times = [t for key, body, t in log.items if key.endswith("heartbeat") and mine(body)]
-            gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+            gaps = [b - a for a, b in itertools.pairwise(times)]
             assert all(0.5 < gap < 2.0 for gap in gaps[1:]), gaps
             assert all(b["status"] == "healthy" for b in beats)
             beat = beats[-1]
