@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 import uuid
 from collections import deque
@@ -89,6 +90,8 @@ class EventStream:
         self._overflowed = False
         self._workspaces: dict[str, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._ever_connected = False
+        self._just_connected = False
         self.ready = asyncio.Event()
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -106,23 +109,23 @@ class EventStream:
     # --- reader: never waits on the broker ------------------------------------------------------
 
     async def _read_forever(self) -> None:
-        delay = 0.1
-        first = True
+        failures = 0
         while True:
+            self._just_connected = False
             try:
-                await self._read_once(first)
-                first = False
-                delay = 0.1
+                await self._read_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("docker event stream: %s: %s; reconnecting in %.1f s", type(exc).__name__, exc, delay)
-            if self.state.connected:
-                self.state.connected = False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.settings.event_reconnect_max_s)
+                if self._just_connected or failures == 0:
+                    log.warning("docker event stream lost: %s: %s; reconnecting", type(exc).__name__, exc)
+            self.state.connected = False
+            # Back off only while connecting fails; a stream that was up retries at once.
+            failures = 0 if self._just_connected else failures + 1
+            delay = min(0.05 * 2**failures, self.settings.event_reconnect_max_s)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
 
-    async def _read_once(self, first: bool) -> None:
+    async def _read_once(self) -> None:
         params: dict[str, Any] = {"filters": json.dumps({"type": ["container", "network"]})}
         if self._last_time_nano is not None:
             params["since"] = _since(self._last_time_nano)
@@ -132,10 +135,12 @@ class EventStream:
         timeout = aiohttp.ClientTimeout(total=None, sock_read=None, connect=10)
         async with docker._query("events", method="GET", params=params, timeout=timeout) as response:
             self.state.connected = True
-            if not first:
+            self._just_connected = True
+            if self._ever_connected:
                 self.state.reconnects += 1
                 log.info("docker event stream reconnected (since %s)", params.get("since", "now"))
-            self._enqueue(Reconcile("startup" if first else "resync"))
+            self._enqueue(Reconcile("resync" if self._ever_connected else "startup"))
+            self._ever_connected = True
             async for line in response.content:
                 if not line.strip():
                     continue
