@@ -58,7 +58,11 @@ def from_list_entry(entry: dict[str, Any]) -> dict[str, Any]:
         "Id": entry["Id"],
         "Name": names[0],
         "Config": {"Labels": entry.get("Labels") or {}},
-        "State": {"Running": entry.get("State") == "running", **({"Health": {"Status": health}} if health else {})},
+        "State": {
+            # Docker's inspect says Running (and Paused) for a paused container.
+            "Running": entry.get("State") in {"running", "paused"},
+            **({"Health": {"Status": health}} if health else {}),
+        },
         "NetworkSettings": {"Networks": (entry.get("NetworkSettings") or {}).get("Networks") or {}, "Ports": ports},
     }
 
@@ -78,7 +82,8 @@ def parse_service(info: dict[str, Any], names: Labels) -> Service:
     raw_port = labels.get(names.discovery("port"), "").strip()
     if not raw_port:
         raise InvalidLabels(f"label {names.discovery('port')} is missing")
-    if not raw_port.isdigit() or not 1 <= int(raw_port) <= 65535:
+    # isascii: str.isdigit() accepts "²", which int() then refuses.
+    if not (raw_port.isascii() and raw_port.isdigit()) or not 1 <= int(raw_port) <= 65535:
         raise InvalidLabels(f"label {names.discovery('port')}={raw_port!r} is not a port (1..65535)")
     settings = info.get("NetworkSettings") or {}
     networks = {
@@ -161,7 +166,12 @@ class Discovery:
             await self._refresh(container_id)
 
     async def on_network_event(self, action: str, container_id: str | None) -> None:
-        if action in {"connect", "disconnect"} and container_id and container_id in self.services:
+        # An invalid one too: connecting it to its `network` label's network makes it valid.
+        if (
+            action in {"connect", "disconnect"}
+            and container_id
+            and (container_id in self.services or container_id in self.invalid)
+        ):
             await self._refresh(container_id)
 
     async def _inspect(self, container_id: str) -> dict[str, Any] | None:
@@ -191,7 +201,9 @@ class Discovery:
         try:
             service = parse_service(info, self.names)
         except InvalidLabels as exc:
-            await self._disappear(container_id)
+            gone = self.services.pop(container_id, None)
+            if gone is not None:
+                await self._emit("discovery.removed", gone)
             await self._mark_invalid(container_id, info, str(exc))
             return
         self.invalid.pop(container_id, None)
@@ -262,8 +274,9 @@ def _event_id() -> str:
 
 
 async def list_enabled(ops: DockerOps) -> list[dict[str, Any]]:
-    """Running containers with ``<discovery prefix>.enabled=true`` (raw list entries)."""
-    filters = json.dumps({"label": [f"{ops.labels.discovery('enabled')}=true"], "status": ["running"]})
+    """Running (or paused) containers with ``<discovery prefix>.enabled=true`` (raw list entries)."""
+    # Paused containers stay services (only stop/die/destroy remove one), as on the event path.
+    filters = json.dumps({"label": [f"{ops.labels.discovery('enabled')}=true"], "status": ["running", "paused"]})
 
     async def fetch() -> list[dict[str, Any]]:
         containers = await ops.docker.containers.list(filters=filters)

@@ -188,6 +188,7 @@ class EventStream:
                 item = Reconcile("periodic")
             try:
                 if isinstance(item, Reconcile):
+                    await self._load_workspaces()
                     await self.discovery.reconcile(item.reason)
                     next_periodic = time.monotonic() + interval
                     self.ready.set()
@@ -201,6 +202,18 @@ class EventStream:
                 log.exception("event processing failed")
                 if not isinstance(item, Reconcile):
                     self._overflowed = True
+
+    async def _load_workspaces(self) -> None:
+        """Container → workspace id of this host's managed containers, so network events carry
+        the workspace even for containers that have sent no event since the worker started."""
+        names = self.ops.labels
+        filters = json.dumps({"label": [f"{names.managed}=true", f"{names.host}={self.ops.host_id}"]})
+
+        async def fetch() -> dict[str, str]:
+            containers = await self.ops.docker.containers.list(all=True, filters=filters)
+            return {c["Id"]: (c["Labels"] or {}).get(names.workspace_id, "") for c in containers}
+
+        self._workspaces = await self.ops.call("container.list", fetch, subject=f"workspaces on {self.ops.host_id}")
 
     async def _handle(self, event: dict[str, Any], received: float) -> None:
         kind = event.get("Type")

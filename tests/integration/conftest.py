@@ -297,6 +297,13 @@ class Client:
 
 @pytest.fixture
 async def client(worker: WorkerProcess, session_id: str) -> AsyncIterator[Client]:
+    async with connect_client(worker, session_id) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def connect_client(worker: WorkerProcess, session_id: str) -> AsyncIterator[Client]:
+    """A :class:`Client` for ``worker`` (the ``client`` fixture, for tests with their own workers)."""
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()

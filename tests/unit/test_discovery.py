@@ -1,0 +1,742 @@
+"""worker.discovery without Docker: label parsing, list/inspect equivalence, the Discovery state machine.
+
+The fake Docker below answers with Docker Engine API 1.41 shapes: ``GET /containers/{id}/json``
+(inspect) and ``GET /containers/json`` (list, honouring the ``label`` and ``status`` filters the
+way the daemon does: a paused container's state is ``paused``, not ``running``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+import stamina
+from aiodocker.exceptions import DockerError
+
+from schemas import DiscoveryEvent, DiscoverySnapshot, Service, WireModel
+from worker.discovery import Discovery, InvalidLabels, from_list_entry, is_enabled, list_services, parse_service
+from worker.docker_ops import DockerOps
+from worker.labels import Labels
+from worker.policy import Policy
+from worker.settings import Settings
+
+HOST = "host-a"
+ANY4 = "0.0.0.0"  # noqa: S104 - a port binding as Docker reports it, nothing binds here
+ANY6 = "::"
+NAMES = Labels("dockhand", "dockhand")
+
+
+@pytest.fixture(autouse=True)
+def stamina_testing() -> Iterator[None]:
+    with stamina.set_testing(True):
+        yield
+
+
+# --- realistic Docker API 1.41 shapes ---------------------------------------------------------
+
+_NETWORK_IDS = {"bridge": "5e1c", "app": "9a0f", "backend": "77d2"}
+
+
+@dataclass
+class Box:
+    """One container as the daemon knows it; renders both its inspect and its list entry."""
+
+    id: str
+    name: str
+    labels: dict[str, str]
+    networks: dict[str, str] = field(default_factory=lambda: {"bridge": "172.17.0.2"})
+    # (container port, protocol, [(host ip, host port), ...]); an empty list = exposed, not published
+    ports: list[tuple[int, str, list[tuple[str, int]]]] = field(default_factory=list)
+    health: str | None = None  # None: no healthcheck
+    state: str = "running"  # running | paused | exited
+    image: str = "nginx:1.25"
+
+    def _endpoint(self, network: str, ip: str, *, listing: bool) -> dict[str, Any]:
+        gateway = ip.rsplit(".", 1)[0] + ".1" if ip else ""
+        return {
+            "IPAMConfig": None,
+            "Links": None,
+            "Aliases": None if listing or network == "bridge" else [self.name, self.id[:12]],
+            "NetworkID": _NETWORK_IDS.get(network, "0000") * 16,
+            "EndpointID": (self.id[:8] + _NETWORK_IDS.get(network, "0000")) * 5 + "abcd",
+            "Gateway": gateway,
+            "IPAddress": ip,
+            "IPPrefixLen": 16 if ip else 0,
+            "IPv6Gateway": "",
+            "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0,
+            "MacAddress": "02:42:ac:11:00:02" if ip else "",
+            "DriverOpts": None,
+        }
+
+    def inspect(self) -> dict[str, Any]:
+        running = self.state in ("running", "paused")
+        state: dict[str, Any] = {
+            "Status": self.state,
+            "Running": running,
+            "Paused": self.state == "paused",
+            "Restarting": False,
+            "OOMKilled": False,
+            "Dead": False,
+            "Pid": 4242 if running else 0,
+            "ExitCode": 0,
+            "Error": "",
+            "StartedAt": "2024-05-01T10:00:01.123456789Z",
+            "FinishedAt": "0001-01-01T00:00:00Z",
+        }
+        if self.health is not None:
+            state["Health"] = {
+                "Status": self.health,
+                "FailingStreak": 3 if self.health == "unhealthy" else 0,
+                "Log": []
+                if self.health == "starting"
+                else [
+                    {
+                        "Start": "2024-05-01T10:00:31.000000000Z",
+                        "End": "2024-05-01T10:00:31.050000000Z",
+                        "ExitCode": 0 if self.health == "healthy" else 1,
+                        "Output": "",
+                    }
+                ],
+            }
+        ports: dict[str, list[dict[str, str]] | None] = {}
+        for port, proto, bindings in self.ports:
+            ports[f"{port}/{proto}"] = [{"HostIp": ip, "HostPort": str(hp)} for ip, hp in bindings] or None
+        config: dict[str, Any] = {
+            "Hostname": self.id[:12],
+            "Domainname": "",
+            "User": "",
+            "ExposedPorts": {f"{p}/{proto}": {} for p, proto, _ in self.ports},
+            "Tty": False,
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "NGINX_VERSION=1.25.5"],
+            "Cmd": ["nginx", "-g", "daemon off;"],
+            "Image": self.image,
+            "Volumes": None,
+            "WorkingDir": "",
+            "Entrypoint": ["/docker-entrypoint.sh"],
+            "OnBuild": None,
+            "Labels": dict(self.labels),
+            "StopSignal": "SIGQUIT",
+        }
+        if self.health is not None:
+            config["Healthcheck"] = {
+                "Test": ["CMD-SHELL", "curl -f http://localhost/ || exit 1"],
+                "Interval": 1000000000,
+            }
+        return {
+            "Id": self.id,
+            "Created": "2024-05-01T10:00:00.987654321Z",
+            "Path": "/docker-entrypoint.sh",
+            "Args": ["nginx", "-g", "daemon off;"],
+            "State": state,
+            "Image": "sha256:" + "ab" * 32,
+            "Name": "/" + self.name,
+            "RestartCount": 0,
+            "Driver": "overlay2",
+            "Platform": "linux",
+            "HostConfig": {
+                "NetworkMode": "default",
+                "PortBindings": {
+                    f"{p}/{proto}": [{"HostIp": ip, "HostPort": ""} for ip, _ in b][:1]
+                    for p, proto, b in self.ports
+                    if b
+                },
+                "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+            },
+            "Mounts": [],
+            "Config": config,
+            "NetworkSettings": {
+                "Bridge": "",
+                "SandboxID": "f" * 64,
+                "HairpinMode": False,
+                "LinkLocalIPv6Address": "",
+                "LinkLocalIPv6PrefixLen": 0,
+                "Ports": ports,
+                "SandboxKey": "/var/run/docker/netns/ffffffffffff",
+                "SecondaryIPAddresses": None,
+                "SecondaryIPv6Addresses": None,
+                "EndpointID": "",
+                "Gateway": "172.17.0.1" if "bridge" in self.networks else "",
+                "IPAddress": self.networks.get("bridge", ""),
+                "IPPrefixLen": 16 if "bridge" in self.networks else 0,
+                "MacAddress": "",
+                "Networks": {n: self._endpoint(n, ip, listing=False) for n, ip in self.networks.items()},
+            },
+        }
+
+    def list_entry(self) -> dict[str, Any]:
+        ports: list[dict[str, Any]] = []
+        for port, proto, bindings in self.ports:
+            if not bindings:
+                ports.append({"PrivatePort": port, "Type": proto})
+            for ip, hp in bindings:
+                ports.append({"IP": ip, "PrivatePort": port, "PublicPort": hp, "Type": proto})
+        if self.state == "paused":
+            status = "Up 3 minutes (Paused)"
+        elif self.state != "running":
+            status = "Exited (0) 2 seconds ago"
+        else:
+            status = (
+                "Up 3 seconds"
+                + {
+                    None: "",
+                    "starting": " (health: starting)",
+                    "healthy": " (healthy)",
+                    "unhealthy": " (unhealthy)",
+                }[self.health]
+            )
+        return {
+            "Id": self.id,
+            "Names": ["/" + self.name],
+            "Image": self.image,
+            "ImageID": "sha256:" + "ab" * 32,
+            "Command": '/docker-entrypoint.sh nginx -g "daemon off;"',
+            "Created": 1714557600,
+            "Ports": ports,
+            "Labels": dict(self.labels),
+            "State": self.state,
+            "Status": status,
+            "HostConfig": {"NetworkMode": "default"},
+            "NetworkSettings": {
+                "Networks": {n: self._endpoint(n, ip, listing=True) for n, ip in self.networks.items()}
+            },
+            "Mounts": [],
+        }
+
+    def attributes(self, **extra: str) -> dict[str, str]:
+        """Actor.Attributes of a container event: the labels, plus name and image."""
+        return {**self.labels, "image": self.image, "name": self.name, **extra}
+
+
+def enabled(domain: str = "app.example.com", port: str = "8080", **more: str) -> dict[str, str]:
+    labels = {
+        "com.docker.compose.project": "shop",
+        "maintainer": "NGINX Docker Maintainers <docker-maint@nginx.com>",
+        "dockhand.enabled": "true",
+        "dockhand.domain": domain,
+        "dockhand.port": port,
+    }
+    labels.update({f"dockhand.{k}": v for k, v in more.items()})
+    return labels
+
+
+def web(**changes: Any) -> Box:
+    box = Box(
+        id="c0ffee" + "0" * 58,
+        name="web",
+        labels=enabled(description="My App"),
+        ports=[(8080, "tcp", [("127.0.0.1", 32768)]), (9090, "tcp", [])],
+    )
+    return replace(box, **changes)
+
+
+# --- fake aiodocker ---------------------------------------------------------------------------
+
+
+class Listed:
+    """What aiodocker's ``containers.list`` yields: ``c[key]`` and ``key in c`` over the entry."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._data
+
+
+class FakeContainer:
+    def __init__(self, docker: FakeDocker, container_id: str) -> None:
+        self._docker = docker
+        self._id = container_id
+
+    async def show(self) -> dict[str, Any]:
+        self._docker.show_calls.append(self._id)
+        box = self._docker.boxes.get(self._id)
+        if box is None:
+            raise DockerError(404, f"No such container: {self._id}")
+        return box.inspect()
+
+
+class FakeContainers:
+    def __init__(self, docker: FakeDocker) -> None:
+        self._docker = docker
+
+    def container(self, container_id: str) -> FakeContainer:
+        return FakeContainer(self._docker, container_id)
+
+    async def list(self, **params: Any) -> list[Listed]:
+        self._docker.list_calls.append(params)
+        filters = json.loads(params.get("filters") or "{}")
+        out = []
+        for box in self._docker.boxes.values():
+            entry = box.list_entry()
+            if "status" in filters and entry["State"] not in filters["status"]:
+                continue
+            wanted = [f.partition("=") for f in filters.get("label", [])]
+            if any(entry["Labels"].get(k) != v if eq else k not in entry["Labels"] for k, eq, v in wanted):
+                continue
+            out.append(Listed(copy.deepcopy(entry)))
+        return out
+
+
+class FakeDocker:
+    def __init__(self, *boxes: Box) -> None:
+        self.boxes: dict[str, Box] = {b.id: b for b in boxes}
+        self.show_calls: list[str] = []
+        self.list_calls: list[dict[str, Any]] = []
+        self.containers = FakeContainers(self)
+
+    def put(self, box: Box) -> Box:
+        self.boxes[box.id] = box
+        return box
+
+
+def make_ops(docker: FakeDocker, labels: Labels = NAMES) -> DockerOps:
+    settings = Settings(host_id=HOST, worker_id=f"{HOST}-test", docker_host=None)
+    return DockerOps(docker, settings, labels, Policy(settings, labels))  # type: ignore[arg-type]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, WireModel]] = []
+
+    async def __call__(self, routing_key: str, model: WireModel) -> None:
+        # What the publisher would send must survive the wire (strict models, JSON round trip).
+        type(model).model_validate_json(model.model_dump_json())
+        self.messages.append((routing_key, model))
+
+    @property
+    def keys(self) -> list[str]:
+        return [key for key, _ in self.messages]
+
+    def events(self) -> list[DiscoveryEvent]:
+        return [m for _, m in self.messages if isinstance(m, DiscoveryEvent)]
+
+    def clear(self) -> None:
+        self.messages.clear()
+
+
+def setup(*boxes: Box, require_healthy: bool = False) -> tuple[FakeDocker, Discovery, Recorder]:
+    docker = FakeDocker(*boxes)
+    recorder = Recorder()
+    return docker, Discovery(make_ops(docker), recorder, require_healthy=require_healthy), recorder
+
+
+# --- parse_service ----------------------------------------------------------------------------
+
+
+def test_parse_valid_labels() -> None:
+    box = web(networks={"bridge": "172.17.0.2", "app": "172.20.0.5"})
+    service = parse_service(box.inspect(), NAMES)
+    assert service == Service(
+        container_id=box.id,
+        container_name="web",
+        domain="app.example.com",
+        port=8080,
+        description="My App",
+        networks={"app": "172.20.0.5", "bridge": "172.17.0.2"},
+        host_ports={"8080/tcp": 32768},  # 9090 is exposed, not published
+        health=None,
+    )
+    assert isinstance(service.port, int)
+
+
+@pytest.mark.parametrize("health", ["starting", "healthy", "unhealthy"])
+def test_parse_health_from_state(health: str) -> None:
+    assert parse_service(web(health=health).inspect(), NAMES).health == health
+
+
+@pytest.mark.parametrize(
+    "bindings",
+    [
+        [(ANY4, 32768), (ANY6, 32769)],
+        [(ANY6, 32769), (ANY4, 32768)],
+        [(ANY4, 32768), (ANY6, 32768)],
+    ],
+)
+def test_parse_smallest_host_port_of_ipv4_and_ipv6_bindings(bindings: list[tuple[str, int]]) -> None:
+    box = web(ports=[(8080, "tcp", bindings), (53, "udp", [(ANY4, 40000)])])
+    assert parse_service(box.inspect(), NAMES).host_ports == {"53/udp": 40000, "8080/tcp": 32768}
+
+
+def test_parse_optional_description_and_network_label() -> None:
+    box = web(labels=enabled(network="app"), networks={"bridge": "172.17.0.2", "app": "172.20.0.5"})
+    service = parse_service(box.inspect(), NAMES)
+    assert service.description is None
+    assert service.networks == {"app": "172.20.0.5"}
+
+
+@pytest.mark.parametrize(
+    ("labels", "label", "fragment"),
+    [
+        ({"dockhand.enabled": "true", "dockhand.port": "8080"}, "dockhand.domain", "missing"),
+        (enabled(domain="   "), "dockhand.domain", "missing"),
+        (enabled(domain="-bad.example.com"), "dockhand.domain", "not a valid domain"),
+        (enabled(domain="app_example.com"), "dockhand.domain", "not a valid domain"),
+        (enabled(domain="exa mple.com"), "dockhand.domain", "not a valid domain"),
+        (enabled(domain="a" * 64 + ".com"), "dockhand.domain", "not a valid domain"),
+        (enabled(domain=("a" * 63 + ".") * 4 + "com"), "dockhand.domain", "not a valid domain"),
+        ({"dockhand.enabled": "true", "dockhand.domain": "app.example.com"}, "dockhand.port", "missing"),
+        (enabled(port="abc"), "dockhand.port", "not a port"),
+        (enabled(port="0"), "dockhand.port", "not a port"),
+        (enabled(port="70000"), "dockhand.port", "not a port"),
+        (enabled(port="-1"), "dockhand.port", "not a port"),
+        (enabled(port="80.5"), "dockhand.port", "not a port"),
+        (enabled(network="backend"), "dockhand.network", "not on that network"),
+    ],
+)
+def test_parse_invalid_labels_name_the_label(labels: dict[str, str], label: str, fragment: str) -> None:
+    with pytest.raises(InvalidLabels) as info:
+        parse_service(web(labels=labels).inspect(), NAMES)
+    assert label in str(info.value)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("port", ["²", "8080²"])
+def test_parse_unicode_digit_port_is_invalid_labels(port: str) -> None:
+    with pytest.raises(InvalidLabels, match=r"dockhand\.port"):
+        parse_service(web(labels=enabled(port=port)).inspect(), NAMES)
+
+
+def test_parse_custom_discovery_prefix() -> None:
+    names = Labels("dockhand", "traefik")
+    labels = {
+        "traefik.enabled": "true",
+        "traefik.domain": "shop.example.org",
+        "traefik.port": "3000",
+        "traefik.description": "Shop",
+        # the default prefix means nothing under a custom one
+        "dockhand.domain": "ignored.example.com",
+    }
+    box = web(labels=labels)
+    assert is_enabled(labels, names)
+    assert not is_enabled(labels, NAMES)
+    service = parse_service(box.inspect(), names)
+    assert (service.domain, service.port, service.description) == ("shop.example.org", 3000, "Shop")
+    with pytest.raises(InvalidLabels, match=r"traefik\.port"):
+        parse_service(web(labels={"traefik.enabled": "true", "traefik.domain": "x.org"}).inspect(), names)
+
+
+# --- list entry == inspect ------------------------------------------------------------------
+
+PAIRS = {
+    "plain": web(),
+    "healthy": web(health="healthy"),
+    "starting": web(health="starting"),
+    "unhealthy": web(health="unhealthy"),
+    "no-ports-two-networks": web(ports=[], networks={"bridge": "172.17.0.2", "app": "172.20.0.5"}),
+    "ipv6-duplicate": web(ports=[(8080, "tcp", [(ANY4, 32768), (ANY6, 32768)])]),
+    "ipv6-different": web(ports=[(8080, "tcp", [(ANY4, 32770), (ANY6, 32771)])], health="healthy"),
+    "ipv6-first": web(ports=[(8080, "tcp", [(ANY6, 32771), (ANY4, 32770)])]),
+    "udp-and-tcp": web(ports=[(53, "udp", [("127.0.0.1", 5353)]), (8080, "tcp", [("127.0.0.1", 32768)])]),
+    "network-label": web(labels=enabled(network="app"), networks={"bridge": "172.17.0.2", "app": "172.20.0.5"}),
+    "no-ip-yet": web(networks={"app": ""}),
+}
+
+
+@pytest.mark.parametrize("box", PAIRS.values(), ids=PAIRS.keys())
+def test_list_entry_and_inspect_yield_the_same_service(box: Box) -> None:
+    from_inspect = parse_service(box.inspect(), NAMES)
+    from_list = parse_service(from_list_entry(box.list_entry()), NAMES)
+    assert from_list == from_inspect
+    assert from_list.model_dump() == from_inspect.model_dump()
+
+
+def test_list_entry_health_parsing() -> None:
+    assert from_list_entry(web(health="starting").list_entry())["State"]["Health"] == {"Status": "starting"}
+    assert "Health" not in from_list_entry(web().list_entry())["State"]
+
+
+@pytest.mark.parametrize("box", PAIRS.values(), ids=PAIRS.keys())
+async def test_reconcile_after_incremental_start_publishes_no_update(box: Box) -> None:
+    _docker, discovery, rec = setup(box)
+    await discovery.on_container_event("start", box.id, box.attributes())
+    assert rec.keys == [f"{HOST}.discovery.added"]
+    rec.clear()
+    await discovery.reconcile("periodic")
+    assert rec.keys == [f"{HOST}.discovery.snapshot"]
+
+
+# --- Discovery: incremental ----------------------------------------------------------------
+
+
+async def test_start_publishes_one_added() -> None:
+    box = web(health="healthy")
+    docker, discovery, rec = setup(box)
+    await discovery.on_container_event("start", box.id, box.attributes())
+    assert rec.keys == [f"{HOST}.discovery.added"]
+    (event,) = rec.events()
+    assert event.type == "discovery.added"
+    assert event.host_id == HOST
+    assert event.service == parse_service(box.inspect(), NAMES)
+    assert docker.show_calls == [box.id]
+    assert discovery.current() == [event.service]
+
+
+async def test_repeated_start_and_health_of_unchanged_service_publish_nothing() -> None:
+    box = web(health="healthy")
+    _docker, discovery, rec = setup(box)
+    await discovery.on_container_event("start", box.id, box.attributes())
+    rec.clear()
+    await discovery.on_container_event("start", box.id, box.attributes())
+    await discovery.on_container_event("health_status: healthy", box.id, box.attributes())
+    await discovery.on_container_event("exec_start: sh -c true", box.id, box.attributes())
+    assert rec.messages == []
+
+
+async def test_health_change_publishes_updated() -> None:
+    box = web(health="starting")
+    docker, discovery, rec = setup(box)
+    await discovery.on_container_event("start", box.id, box.attributes())
+    docker.put(replace(box, health="healthy"))
+    await discovery.on_container_event("health_status: healthy", box.id, box.attributes())
+    assert rec.keys == [f"{HOST}.discovery.added", f"{HOST}.discovery.updated"]
+    assert rec.events()[-1].service is not None
+    assert rec.events()[-1].service.health == "healthy"
+
+
+async def test_die_removes_and_stop_destroy_publish_nothing_more() -> None:
+    box = web()
+    docker, discovery, rec = setup(box)
+    await discovery.on_container_event("start", box.id, box.attributes())
+    docker.put(replace(box, state="exited", networks={"bridge": ""}))
+    await discovery.on_container_event("kill", box.id, box.attributes(signal="15"))
+    await discovery.on_container_event("die", box.id, box.attributes(exitCode="0"))
+    await discovery.on_container_event("stop", box.id, box.attributes())
+    del docker.boxes[box.id]
+    await discovery.on_container_event("destroy", box.id, box.attributes())
+    assert rec.keys == [f"{HOST}.discovery.added", f"{HOST}.discovery.removed"]
+    assert rec.events()[1].service == rec.events()[0].service
+    assert discovery.services == {}
+
+
+async def test_start_of_a_container_already_gone_is_announced_from_the_event() -> None:
+    box = web()
+    _docker, discovery, rec = setup()  # inspect answers 404
+    await discovery.on_container_event("start", box.id, box.attributes())
+    assert rec.keys == [f"{HOST}.discovery.added"]
+    service = rec.events()[0].service
+    assert service is not None
+    assert (service.container_id, service.container_name, service.domain, service.port) == (
+        box.id,
+        "web",
+        "app.example.com",
+        8080,
+    )
+    assert service.description == "My App"
+    await discovery.on_container_event("die", box.id, box.attributes(exitCode="137"))
+    assert rec.keys == [f"{HOST}.discovery.added", f"{HOST}.discovery.removed"]
+
+
+async def test_container_without_enabled_label_is_never_inspected() -> None:
+    box = web(labels={"com.docker.compose.project": "shop", "dockhand.domain": "x.example.com", "dockhand.port": "80"})
+    box2 = web(id="d" * 64, labels={**enabled(), "dockhand.enabled": "false"})
+    docker, discovery, rec = setup(box, box2)
+    for b in (box, box2):
+        for action in ("create", "start", "health_status: healthy", "rename", "die", "destroy"):
+            await discovery.on_container_event(action, b.id, b.attributes())
+        await discovery.on_network_event("connect", b.id)
+    assert docker.show_calls == []
+    assert rec.messages == []
+
+
+async def test_invalid_labels_publish_invalid_with_reason() -> None:
+    box = web(labels=enabled(port="abc"))
+    _docker, discovery, rec = setup(box)
+    await discovery.on_container_event("start", box.id, box.attributes())
+    assert rec.keys == [f"{HOST}.discovery.invalid"]
+    event = rec.events()[0]
+    assert event.type == "discovery.invalid"
+    assert event.service is None
+    assert event.container is not None
+    assert (event.container.container_id, event.container.container_name) == (box.id, "web")
+    assert event.reason is not None
+    assert "dockhand.port" in event.reason
+    assert discovery.services == {}
+    assert discovery.invalid == {box.id: event.reason}
+
+
+@pytest.mark.parametrize("again", ["start", "reconcile"])
+async def test_invalid_labels_published_once_per_reason(again: str) -> None:
+    box = web(labels=enabled(port="abc"))
+    _docker, discovery, rec = setup(box)
+    await discovery.on_container_event("start", box.id, box.attributes())
+    if again == "start":
+        await discovery.on_container_event("start", box.id, box.attributes())
+    else:
+        await discovery.reconcile("periodic")
+    assert rec.keys.count(f"{HOST}.discovery.invalid") == 1
+
+
+async def test_invalid_reason_change_is_published_again() -> None:
+    box = web(labels=enabled(port="abc"))
+    docker, discovery, rec = setup(box)
+    await discovery.on_container_event("start", box.id, box.attributes())
+    docker.put(replace(box, labels=enabled(port="0")))
+    await discovery.on_container_event("start", box.id, box.attributes())
+    reasons = [e.reason or "" for e in rec.events()]
+    assert len(reasons) == 2
+    assert "'abc'" in reasons[0]
+    assert "'0'" in reasons[1]
+
+
+async def test_network_connect_of_known_service_publishes_updated() -> None:
+    box = web()
+    docker, discovery, rec = setup(box)
+    await discovery.on_container_event("start", box.id, box.attributes())
+    docker.put(replace(box, networks={"bridge": "172.17.0.2", "app": "172.20.0.7"}))
+    await discovery.on_network_event("connect", box.id)
+    assert rec.keys == [f"{HOST}.discovery.added", f"{HOST}.discovery.updated"]
+    assert rec.events()[1].service is not None
+    assert rec.events()[1].service.networks == {"app": "172.20.0.7", "bridge": "172.17.0.2"}
+    # the same connect again (nothing changed) publishes nothing
+    await discovery.on_network_event("connect", box.id)
+    assert len(rec.messages) == 2
+
+
+async def test_disconnect_from_the_labelled_network_makes_it_invalid() -> None:
+    box = web(labels=enabled(network="app"), networks={"bridge": "172.17.0.2", "app": "172.20.0.5"})
+    docker, discovery, rec = setup(box)
+    await discovery.on_container_event("start", box.id, box.attributes())
+    docker.put(replace(box, networks={"bridge": "172.17.0.2"}))
+    await discovery.on_network_event("disconnect", box.id)
+    assert rec.keys == [f"{HOST}.discovery.added", f"{HOST}.discovery.removed", f"{HOST}.discovery.invalid"]
+
+
+async def test_network_events_for_unknown_containers_publish_nothing() -> None:
+    box = web()
+    docker, discovery, rec = setup(box)
+    await discovery.on_network_event("disconnect", box.id)
+    await discovery.on_network_event("connect", "f" * 64)
+    await discovery.on_network_event("disconnect", None)
+    await discovery.on_network_event("create", None)
+    assert rec.messages == []
+    assert docker.show_calls == []
+
+
+async def test_network_connect_makes_an_invalid_container_valid() -> None:
+    box = web(labels=enabled(network="app"), networks={"bridge": "172.17.0.2"})
+    docker, discovery, rec = setup(box)
+    await discovery.on_container_event("start", box.id, box.attributes())  # docker run ...
+    assert rec.keys == [f"{HOST}.discovery.invalid"]
+    docker.put(replace(box, networks={"bridge": "172.17.0.2", "app": "172.20.0.5"}))
+    await discovery.on_network_event("connect", box.id)  # docker network connect app web
+    assert rec.keys == [f"{HOST}.discovery.invalid", f"{HOST}.discovery.added"]
+
+
+async def test_pause_resync_unpause_keeps_the_service() -> None:
+    box = web()
+    docker, discovery, _rec = setup(box)
+    await discovery.on_container_event("start", box.id, box.attributes())
+    docker.put(replace(box, state="paused"))
+    await discovery.on_container_event("pause", box.id, box.attributes())
+    await discovery.reconcile("resync")
+    docker.put(box)
+    await discovery.on_container_event("unpause", box.id, box.attributes())
+    assert box.id in discovery.services
+
+
+# --- Discovery: require_healthy ------------------------------------------------------------
+
+
+async def test_require_healthy_waits_for_healthy_and_removes_on_unhealthy() -> None:
+    box = web(health="starting")
+    docker, discovery, rec = setup(box, require_healthy=True)
+    await discovery.on_container_event("start", box.id, box.attributes())
+    assert rec.messages == []
+    docker.put(replace(box, health="healthy"))
+    await discovery.on_container_event("health_status: healthy", box.id, box.attributes())
+    assert rec.keys == [f"{HOST}.discovery.added"]
+    assert rec.events()[0].service is not None
+    assert rec.events()[0].service.health == "healthy"
+    docker.put(replace(box, health="unhealthy"))
+    await discovery.on_container_event("health_status: unhealthy", box.id, box.attributes())
+    assert rec.keys == [f"{HOST}.discovery.added", f"{HOST}.discovery.removed"]
+    # and back
+    docker.put(replace(box, health="healthy"))
+    await discovery.on_container_event("health_status: healthy", box.id, box.attributes())
+    assert rec.keys[-1] == f"{HOST}.discovery.added"
+
+
+async def test_require_healthy_container_without_healthcheck_added_on_start() -> None:
+    box = web(health=None)
+    _docker, discovery, rec = setup(box, require_healthy=True)
+    await discovery.on_container_event("start", box.id, box.attributes())
+    assert rec.keys == [f"{HOST}.discovery.added"]
+
+
+async def test_require_healthy_reconcile_skips_unhealthy_containers() -> None:
+    ok = web(health="healthy")
+    waiting = web(id="e" * 64, name="api", labels=enabled(domain="api.example.com"), health="starting")
+    _docker, discovery, rec = setup(ok, waiting, require_healthy=True)
+    services = await discovery.reconcile("startup")
+    assert [s.container_name for s in services] == ["web"]
+    assert rec.keys == [f"{HOST}.discovery.added", f"{HOST}.discovery.snapshot"]
+    assert [s.container_name for s in await list_services(discovery.ops, require_healthy=True)] == ["web"]
+    assert len(await list_services(discovery.ops)) == 2
+
+
+# --- Discovery: reconcile ------------------------------------------------------------------
+
+
+async def test_reconcile_resync_publishes_differences_then_one_snapshot() -> None:
+    kept = web(id="a" * 64, name="kept", labels=enabled(domain="m.example.com"), health="healthy")
+    gone = web(id="b" * 64, name="gone", labels=enabled(domain="g.example.com"))
+    new = web(id="c" * 64, name="new", labels=enabled(domain="b.example.com"))
+    last = web(id="d" * 64, name="last", labels=enabled(domain="z.example.com"))
+    other = Box(id="9" * 64, name="db", labels={"com.docker.compose.project": "shop"})
+    docker, discovery, rec = setup(kept, gone, other)
+    for box in (kept, gone):
+        await discovery.on_container_event("start", box.id, box.attributes())
+    rec.clear()
+    # events missed: gone died, new and last started
+    del docker.boxes[gone.id]
+    docker.put(last)
+    docker.put(new)
+    docker.show_calls.clear()
+
+    services = await discovery.reconcile("resync")
+
+    assert docker.show_calls == []  # a full list, no inspects
+    (call,) = docker.list_calls
+    assert json.loads(call["filters"]) == {"label": ["dockhand.enabled=true"], "status": ["running", "paused"]}
+    kinds = [(m.type, m.service.container_name) for m in rec.events() if m.service is not None]
+    assert sorted(kinds) == [
+        ("discovery.added", "last"),
+        ("discovery.added", "new"),
+        ("discovery.removed", "gone"),
+    ]
+    assert rec.keys[-1] == f"{HOST}.discovery.snapshot"
+    snapshots = [m for _, m in rec.messages if isinstance(m, DiscoverySnapshot)]
+    assert len(snapshots) == 1
+    snapshot = snapshots[0]
+    assert snapshot.reason == "resync"
+    assert snapshot.host_id == HOST
+    assert [s.domain for s in snapshot.services] == ["b.example.com", "m.example.com", "z.example.com"]
+    assert snapshot.services == services == discovery.current()
+
+
+async def test_reconcile_with_custom_prefix_lists_by_that_label() -> None:
+    labels = Labels("dockhand", "traefik")
+    box = web(labels={"traefik.enabled": "true", "traefik.domain": "t.example.com", "traefik.port": "80"})
+    docker = FakeDocker(box)
+    rec = Recorder()
+    discovery = Discovery(make_ops(docker, labels), rec)
+    services = await discovery.reconcile("startup")
+    assert [s.domain for s in services] == ["t.example.com"]
+    assert json.loads(docker.list_calls[0]["filters"])["label"] == ["traefik.enabled=true"]
+
+
+async def test_one_bad_port_label_does_not_break_reconcile() -> None:
+    good = web()
+    bad = web(id="b" * 64, name="bad", labels=enabled(domain="bad.example.com", port="²"))
+    _docker, discovery, rec = setup(good, bad)
+    services = await discovery.reconcile("startup")
+    assert [s.container_name for s in services] == ["web"]
+    assert rec.keys[-1] == f"{HOST}.discovery.snapshot"

@@ -1,0 +1,237 @@
+"""worker.health without Docker: the probe, the derived status, the heartbeat; DockerOps fail-fast."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import pytest
+import stamina
+from aiodocker.exceptions import DockerError
+
+from schemas import ErrorCode, Heartbeat, Status, WireModel
+from worker.dispatch import Counters
+from worker.docker_ops import DockerOps
+from worker.errors import DockhandError
+from worker.events import StreamState
+from worker.health import HealthMonitor
+from worker.labels import Labels
+from worker.policy import Policy
+from worker.settings import Settings
+
+HOST = "host-a"
+NAMES = Labels("dockhand", "dockhand")
+VERSION = {
+    "Platform": {"Name": "Docker Engine - Community"},
+    "Version": "20.10.24",
+    "ApiVersion": "1.41",
+    "MinAPIVersion": "1.12",
+    "GitCommit": "5d6db84",
+    "GoVersion": "go1.19.7",
+    "Os": "linux",
+    "Arch": "amd64",
+    "KernelVersion": "6.1.0-18-amd64",
+}
+
+
+@pytest.fixture(autouse=True)
+def stamina_testing() -> Iterator[None]:
+    with stamina.set_testing(True):
+        yield
+
+
+class FakeSystem:
+    def __init__(self, docker: FakeDocker) -> None:
+        self._docker = docker
+
+    async def info(self) -> dict[str, Any]:
+        if self._docker.fail is not None:
+            raise self._docker.fail
+        return {"ContainersRunning": 3, "Containers": 5}
+
+
+class FakeDocker:
+    def __init__(self) -> None:
+        self.fail: Exception | None = None
+        self.version_calls = 0
+        self.system = FakeSystem(self)
+
+    async def version(self) -> dict[str, Any]:
+        self.version_calls += 1
+        if self.fail is not None:
+            raise self.fail
+        return dict(VERSION)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, WireModel]] = []
+
+    async def __call__(self, routing_key: str, model: WireModel) -> None:
+        self.messages.append((routing_key, model))
+
+
+def make(**settings: Any) -> tuple[HealthMonitor, DockerOps, FakeDocker, StreamState, Counters]:
+    config = Settings(host_id=HOST, worker_id=f"{HOST}-7f3c", docker_host=None, **settings)
+    docker = FakeDocker()
+    ops = DockerOps(docker, config, NAMES, Policy(config, NAMES))  # type: ignore[arg-type]
+    stream = StreamState(connected=True)
+    counters = Counters()
+    monitor = HealthMonitor(ops, config, counters, stream, Recorder(), version="0.1.0")
+    return monitor, ops, docker, stream, counters
+
+
+FAILURES = [
+    aiohttp.ClientConnectionError("Cannot connect to host localhost:2375"),
+    ConnectionRefusedError(111, "Connection refused"),
+    FileNotFoundError(2, "No such file or directory: '/var/run/docker.sock'"),
+    DockerError(503, "Service Unavailable"),
+    TimeoutError(),
+]
+
+
+async def test_probe_success_marks_docker_available() -> None:
+    monitor, ops, docker, _, _ = make()
+    ops.available = False
+    health = await monitor.probe()
+    assert ops.available is True
+    assert health.reachable is True
+    assert (health.version, health.api_version) == ("20.10.24", "1.41")
+    assert health.latency_ms is not None
+    assert health.latency_ms >= 0
+    assert docker.version_calls == 1
+
+
+@pytest.mark.parametrize("failure", FAILURES, ids=lambda e: type(e).__name__)
+async def test_probe_failure_marks_docker_unavailable(failure: Exception) -> None:
+    monitor, ops, docker, _, _ = make()
+    docker.fail = failure
+    health = await monitor.probe()
+    assert ops.available is False
+    assert health.reachable is False
+    assert health.version is None
+    # and back
+    docker.fail = None
+    monitor.docker = health
+    assert (await monitor.probe()).reachable is True
+    assert ops.available is True
+
+
+async def test_derive_status() -> None:
+    monitor, _, docker, stream, _ = make()
+    monitor.docker = await monitor.probe()
+    stream.connected = True
+    assert monitor._derive() == "healthy"
+    stream.connected = False
+    assert monitor._derive() == "degraded"
+    docker.fail = ConnectionRefusedError(111, "Connection refused")
+    monitor.docker = await monitor.probe()
+    assert monitor._derive() == "unhealthy"
+    stream.connected = True  # the stream state does not matter while Docker is down
+    assert monitor._derive() == "unhealthy"
+
+
+async def test_heartbeat_validates_and_reports_counters() -> None:
+    monitor, _, _, stream, counters = make()
+    monitor.docker = (await monitor.probe()).model_copy(update={"containers_running": 3})
+    counters.in_flight = 2
+    counters.by_status[Status.SUCCEEDED] = 12
+    counters.by_status[Status.FAILED] = 1
+    counters.by_status[Status.REJECTED] = 4
+    counters.by_status[Status.EXPIRED] = 5
+    stream.last_event_at = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+    stream.lag_ms = 2.1
+    stream.published = 40
+
+    heartbeat = monitor.heartbeat()
+
+    wire = heartbeat.model_dump_json()
+    assert Heartbeat.model_validate_json(wire) == heartbeat
+    assert heartbeat.host_id == HOST
+    assert heartbeat.worker_id == f"{HOST}-7f3c"
+    assert heartbeat.status == "healthy"  # derived, before the loop has set a status
+    assert heartbeat.version == "0.1.0"
+    assert heartbeat.uptime_s >= 0
+    assert heartbeat.time.tzinfo is not None
+    assert heartbeat.docker.reachable is True
+    assert heartbeat.docker.containers_running == 3
+    assert heartbeat.commands.model_dump() == {
+        "in_flight": 2,
+        "succeeded": 12,
+        "failed": 1,
+        "rejected": 4,
+        "expired": 5,
+    }
+    assert heartbeat.events.model_dump() == {
+        "stream_connected": True,
+        "last_event_at": datetime(2024, 5, 1, 10, 0, tzinfo=UTC),
+        "lag_ms": 2.1,
+        "published": 40,
+    }
+    # every key of the contract's example heartbeat is there
+    body = json.loads(wire)
+    assert {"host_id", "worker_id", "status", "time", "uptime_s", "version", "docker", "commands", "events"} <= set(
+        body
+    )
+    assert {"reachable", "version", "api_version", "latency_ms", "containers_running"} <= set(body["docker"])
+    assert {"in_flight", "succeeded", "failed", "rejected"} <= set(body["commands"])
+    assert {"stream_connected", "last_event_at", "lag_ms", "published"} <= set(body["events"])
+
+
+async def test_heartbeat_while_docker_down_is_unhealthy() -> None:
+    monitor, _, docker, _, _ = make()
+    docker.fail = ConnectionRefusedError(111, "Connection refused")
+    monitor.docker = await monitor.probe()
+    heartbeat = monitor.heartbeat()
+    assert heartbeat.status == "unhealthy"
+    assert heartbeat.docker.model_dump() == {
+        "reachable": False,
+        "version": None,
+        "api_version": None,
+        "latency_ms": None,
+        "containers_running": None,
+    }
+    Heartbeat.model_validate_json(heartbeat.model_dump_json())
+
+
+async def test_heartbeat_uses_the_published_status() -> None:
+    monitor, _, _, _stream, _ = make()
+    monitor.status = "degraded"
+    assert monitor.heartbeat().status == "degraded"
+
+
+# --- DockerOps fail-fast ---------------------------------------------------------------------
+
+
+async def test_call_fails_fast_while_docker_unavailable() -> None:
+    monitor, ops, docker, _, _ = make()
+    calls: list[str] = []
+
+    async def fn() -> str:
+        calls.append("called")
+        return "ok"
+
+    docker.fail = ConnectionRefusedError(111, "Connection refused")
+    await monitor.probe()
+    assert ops.available is False
+
+    with pytest.raises(DockhandError) as info:
+        await ops.call("container.inspect", fn, subject="workspace ws1 on host-a")
+    error = info.value
+    assert error.code is ErrorCode.DOCKER_UNAVAILABLE
+    assert error.retryable is True
+    assert error.status is Status.FAILED
+    assert "workspace ws1 on host-a" in error.message
+    # maybe() does not mistake it for "absent"
+    with pytest.raises(DockhandError) as info:
+        await ops.maybe("container.inspect", fn, subject="workspace ws1 on host-a")
+    assert info.value.code is ErrorCode.DOCKER_UNAVAILABLE
+    assert calls == []
+
+    docker.fail = None
+    await monitor.probe()
+    assert await ops.call("container.inspect", fn, subject="workspace ws1 on host-a") == "ok"
+    assert calls == ["called"]
