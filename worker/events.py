@@ -136,6 +136,7 @@ class EventStream:
         async with docker._query("events", method="GET", params=params, timeout=timeout) as response:
             self.state.connected = True
             self._just_connected = True
+            self.ops.available = True  # a live stream is proof enough; don't wait for the next probe
             if self._ever_connected:
                 self.state.reconnects += 1
                 log.info("docker event stream reconnected (since %s)", params.get("since", "now"))
@@ -188,8 +189,7 @@ class EventStream:
                 item = Reconcile("periodic")
             try:
                 if isinstance(item, Reconcile):
-                    await self._load_workspaces()
-                    await self.discovery.reconcile(item.reason)
+                    await self._reconcile(item.reason)
                     next_periodic = time.monotonic() + interval
                     self.ready.set()
                 else:
@@ -202,6 +202,22 @@ class EventStream:
                 log.exception("event processing failed")
                 if not isinstance(item, Reconcile):
                     self._overflowed = True
+
+    async def _reconcile(self, reason: Literal["startup", "resync", "periodic"]) -> None:
+        """A full reconcile is never skipped: it is how a gap is repaired. Retry until it works
+        (events queue up meanwhile; an overflow only asks for another reconcile)."""
+        delay = 0.2
+        while True:
+            try:
+                await self._load_workspaces()
+                await self.discovery.reconcile(reason)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("discovery %s failed (%s); retrying in %.1f s", reason, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.event_reconnect_max_s)
 
     async def _load_workspaces(self) -> None:
         """Container → workspace id of this host's managed containers, so network events carry

@@ -394,3 +394,24 @@ async def test_process_forever_reconciles_on_marker_and_handles_events_in_order(
         await asyncio.gather(task, return_exceptions=True)
     assert rec.keys == [f"{HOST}.discovery.snapshot", f"{HOST}.container.start", f"{HOST}.discovery.added"]
     assert stream.ready.is_set()
+
+
+async def test_a_failed_reconcile_is_retried_not_dropped() -> None:
+    """Docker unreachable when the reconcile runs (say the stream came back before the health
+    probe did): the reconcile is retried until it succeeds, and its snapshot is published."""
+    stream, rec, _ = make_stream(event_reconnect_max_s=0.05)
+    stream.ops.available = False  # fail-fast on, as after a daemon outage
+    stream._enqueue(Reconcile("resync"))
+    task = asyncio.get_running_loop().create_task(stream._process_forever())
+    try:
+        await asyncio.sleep(0.3)
+        assert rec.keys == []  # still failing: nothing published, nothing lost
+        stream.ops.available = True
+        async with asyncio.timeout(2):
+            while not rec.keys:
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert rec.keys == [f"{HOST}.discovery.snapshot"]
+    assert rec.last().reason == "resync"
