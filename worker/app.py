@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastStream:
         finally:
             # The broker is already stopped here: FastStream stops it inside the lifespan.
             await docker.close()
+            dispatcher.store.close()
 
     async def start_background() -> None:
         await topology.declare(broker)

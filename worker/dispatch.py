@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -141,6 +142,9 @@ class Rejection(Exception):
         self.command_type = command_type
 
 
+_COMMAND_ID = re.compile(rb'^\s*\{\s*"command_id"\s*:\s*"([A-Za-z0-9_.:@/+=-]{1,128})"')
+
+
 def parse(body: bytes, routing_key: str, max_body_bytes: int) -> Command:
     """Validate one message body against the contract, or raise :class:`Rejection`."""
     if len(body) > max_body_bytes:
@@ -152,7 +156,13 @@ def parse(body: bytes, routing_key: str, max_body_bytes: int) -> Command:
     try:
         raw = pydantic_core.from_json(body)
     except ValueError as exc:
-        raise Rejection(rejected(ErrorCode.INVALID_COMMAND, f"body is not JSON: {exc}"), None, "unknown") from None
+        # Unparseable (truncated, nested too deep, …) but the id may still be plain to see:
+        # the sender then gets its rejection instead of silence.
+        sniffed = _COMMAND_ID.search(body[:4096])
+        command_id = sniffed.group(1).decode() if sniffed else None
+        raise Rejection(
+            rejected(ErrorCode.INVALID_COMMAND, f"body is not JSON: {exc}"), command_id, "unknown"
+        ) from None
     if not isinstance(raw, dict):
         raise Rejection(rejected(ErrorCode.INVALID_COMMAND, "body must be a JSON object"), None, "unknown")
     command_id = raw.get("command_id")
@@ -197,7 +207,10 @@ class Dispatcher:
         self.topology = topology
         self.publisher = publisher
         self.ops: DockerOps | None = None
-        self.store = ResultStore(settings.result_cache_size)
+        self.store = ResultStore(
+            settings.result_cache_size,
+            settings.state_dir / f"results-{settings.host_id}.sqlite3" if settings.state_dir else None,
+        )
         self.lanes = Lanes()
         self._order = DeliveryOrder()
         self.counters = Counters()
@@ -244,7 +257,17 @@ class Dispatcher:
                 return
             self.counters.in_flight += 1
             try:
-                result = await self._execute(command, message)
+                stored = self.store.get(command.command_id)
+                if stored is None:
+                    result = await self._execute(command, message)
+                elif message.raw_message.redelivered and self.store.is_published(command.command_id):
+                    # A crash came between the confirmed result and the ack: it was answered.
+                    log.info("%s %s: redelivered, already answered; acking", command.type, command.command_id)
+                    await message.ack()
+                    return
+                else:
+                    log.info("%s %s: answered from the stored result", command.type, command.command_id)
+                    result = stored
                 await self._finish(result, message, settle=self._settle_for(result.status))
             finally:
                 self.counters.in_flight -= 1
@@ -257,10 +280,6 @@ class Dispatcher:
         return 2 if message.raw_message.redelivered else 1
 
     async def _execute(self, command: Command, message: RabbitMessage) -> Result:
-        stored = self.store.get(command.command_id)
-        if stored is not None:
-            log.info("%s %s: answered from the stored result (redelivery)", command.type, command.command_id)
-            return stored
         started = utcnow()
         clock = time.perf_counter()
         body: Any = None
@@ -297,7 +316,7 @@ class Dispatcher:
         # Remember outcomes that a repeat must not redo; a retryable failure may be sent again
         # with the same id and should then run again.
         if result.status is not Status.REJECTED and not (error and error.retryable):
-            self.store.put(result)
+            self.store.put(result, published=False)
         subject = getattr(command.payload, "workspace_id", None) or getattr(command.payload, "name", None)
         log.info(
             "%s%s %s in %.1f ms (command %s)%s",
@@ -345,10 +364,14 @@ class Dispatcher:
         try:
             await self._publish_result(result, message)
         except Exception:
-            # Broker unreachable even after retries: leave the message unacked so it is
-            # redelivered (and answered from the store) rather than acked without an answer.
-            log.exception("could not publish the result of %s; leaving it for redelivery", result.command_id)
+            # Still failing after the retries: requeue it rather than ack it unanswered. The
+            # redelivery is answered from the store (nothing runs twice); if publishing keeps
+            # failing, the delivery limit dead-letters it.
+            log.exception("could not publish the result of %s; requeueing the command", result.command_id)
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
             return
+        self.store.mark_published(result.command_id)
         self.counters.by_status[result.status] += 1
         if settle == "reject":
             await message.reject(requeue=False)

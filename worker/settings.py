@@ -7,7 +7,7 @@ import re
 import secrets
 import socket
 from functools import cached_property
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
@@ -24,6 +24,12 @@ def default_host_id() -> str:
     if not name:
         return "host"
     return f"host-{name}" if name in {"any", "all"} else name
+
+
+def default_state_dir() -> Path:
+    """``$XDG_STATE_HOME/dockhand``, else ``~/.local/state/dockhand``."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "dockhand"
 
 
 def _split_csv(value: object) -> object:
@@ -61,6 +67,7 @@ class Settings(BaseSettings):
     docker_retry_attempts: int = Field(default=3, ge=1, le=10)
     docker_retry_timeout_s: float = Field(default=10.0, gt=0)
     result_cache_size: int = Field(default=10_000, ge=0)
+    state_dir: Path | None = Field(default_factory=lambda: default_state_dir())
 
     default_network: str = "dockhand"
     publish_host_ip: str = "127.0.0.1"

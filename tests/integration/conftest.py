@@ -129,6 +129,8 @@ class WorkerFactory:
             "DOCKHAND_DELIVERY_LIMIT": "3",
             "DOCKHAND_SHUTDOWN_GRACE_S": "20",
             "DOCKHAND_LOG_LEVEL": "INFO",
+            # Per host: a restarted worker (or a standby) of the same host shares its journal.
+            "DOCKHAND_STATE_DIR": str(self.root / f"state-{name}"),
             **overrides,
         }
         log_path = self.root / f"worker-{name}-{len(self.workers)}.log"

@@ -36,11 +36,22 @@ def _rejection(body: bytes, routing_key: str = "host-a.host.info", limit: int = 
 # --- parse: rejections ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body", [b'{"command_id": "c1", ', b"", b"not json", b"\xff\xfe{}", b'{"a":1}}'])
-def test_malformed_json(body: bytes) -> None:
+@pytest.mark.parametrize(
+    ("body", "command_id"),
+    [
+        (b'{"command_id": "c1", ', "c1"),  # truncated, but the id leads: the sender hears back
+        (b'{"type": "host.info", "command_id": "c1", ', None),  # only a leading id is trusted
+        (b'{"command_id": "c 1", ', None),  # not an id we would read back
+        (b"", None),
+        (b"not json", None),
+        (b"\xff\xfe{}", None),
+        (b'{"a":1}}', None),
+    ],
+)
+def test_malformed_json(body: bytes, command_id: str | None) -> None:
     rejection = _rejection(body)
     assert rejection.error.code is ErrorCode.INVALID_COMMAND
-    assert rejection.command_id is None
+    assert rejection.command_id == command_id
     assert rejection.command_type == "unknown"
     assert "not JSON" in rejection.error.message
 
