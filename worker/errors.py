@@ -7,6 +7,8 @@ from aiodocker.exceptions import DockerError
 
 from schemas import ErrorCode, ErrorInfo, Status
 
+AIODOCKER_CONNECT_ERROR = 900
+
 
 class DockhandError(Exception):
     """A command outcome that is not success: a contract error code, a readable message,
@@ -69,7 +71,7 @@ def from_exception(
         return exc
     if isinstance(exc, DockerError):
         detail = exc.message.strip() or f"HTTP {exc.status}"
-        if pulling:
+        if pulling and exc.status != AIODOCKER_CONNECT_ERROR:
             return DockhandError(
                 ErrorCode.IMAGE_PULL_FAILED, f"{subject}: pull failed: {detail}", retryable=exc.status >= 500
             )
@@ -81,7 +83,8 @@ def from_exception(
             return DockhandError(ErrorCode.FORBIDDEN, f"{subject}: {detail}")
         if 400 <= exc.status < 500:
             return DockhandError(ErrorCode.INVALID_COMMAND, f"{subject}: Docker refused: {detail}")
-        if exc.status in (502, 503, 504):
+        # 900 is aiodocker's own code for "could not connect" (it wraps aiohttp's error).
+        if exc.status in (502, 503, 504, AIODOCKER_CONNECT_ERROR):
             return DockhandError(
                 ErrorCode.DOCKER_UNAVAILABLE, f"{subject}: Docker {exc.status}: {detail}", retryable=True
             )

@@ -135,3 +135,14 @@ def test_info_and_defaults() -> None:
 def test_rejected_helper() -> None:
     error = rejected(ErrorCode.INVALID_COMMAND, "bad")
     assert (error.code, error.status, error.retryable) == (ErrorCode.INVALID_COMMAND, Status.REJECTED, False)
+
+
+@pytest.mark.parametrize("pulling", [False, True])
+def test_aiodocker_connect_error_is_docker_unavailable(pulling: bool) -> None:
+    """aiodocker wraps "could not connect" as DockerError(900, …): the daemon is unreachable,
+    whatever the operation — not an internal error, and not a failed pull."""
+    exc = DockerError(900, "Cannot connect to Docker Engine via unix:///x.sock [Server disconnected]")
+    error = from_exception(exc, subject="image x on h", pulling=pulling)
+    assert error.code is ErrorCode.DOCKER_UNAVAILABLE
+    assert error.retryable is True
+    assert is_transient(exc)
