@@ -11,18 +11,24 @@ import aiodocker
 import aiohttp
 from faststream import AckPolicy, FastStream
 from faststream.rabbit import RabbitBroker, RabbitMessage
+from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 from faststream.rabbit.schemas import Channel
+from faststream.specification import AsyncAPI
+
+from schemas import ContainerEvent, DiscoveryEvent, DiscoverySnapshot, Heartbeat, NetworkEvent, Result
 
 from . import __version__
 from .discovery import Discovery
 from .dispatch import Dispatcher
 from .docker_ops import DockerOps
+from .endpoints import Endpoints
 from .events import EventStream
 from .health import HealthMonitor
 from .labels import Labels
 from .policy import Policy
 from .publishing import Publisher
 from .settings import Settings
+from .telemetry import Telemetry, from_environment
 from .topology import Topology
 
 log = logging.getLogger("dockhand")
@@ -36,24 +42,62 @@ async def _raw_body(message: Any, original: Any) -> bytes:
     return body
 
 
-def create_app(settings: Settings | None = None) -> FastStream:
+def _document_outputs(broker: RabbitBroker, topology: Topology, host: str) -> None:
+    """Publishers that describe what the worker sends, for the AsyncAPI document."""
+    outputs: list[tuple[Any, str, Any, str]] = [
+        (topology.results, f"{host}.{{type}}.{{status}}", Result, "The result of every command"),
+        (topology.events, f"{host}.container.{{action}}", ContainerEvent, "Docker container events"),
+        (topology.events, f"{host}.network.{{action}}", NetworkEvent, "Docker network events"),
+        (topology.events, f"{host}.discovery.{{change}}", DiscoveryEvent, "Discovery added/removed/updated/invalid"),
+        (topology.events, f"{host}.discovery.snapshot", DiscoverySnapshot, "The whole discovered service set"),
+        (topology.health, f"{host}.heartbeat", Heartbeat, "Health heartbeat"),
+    ]
+    for exchange, routing_key, model, description in outputs:
+        broker.publisher(
+            exchange=exchange, routing_key=routing_key, schema=model, title=routing_key, description=description
+        )
+
+
+def create_app(settings: Settings | None = None, telemetry: Telemetry | None = None) -> FastStream:
     """Build the worker for one configuration (``python -m worker`` runs it)."""
     settings = settings or Settings()
+    telemetry = telemetry or from_environment(settings)
     topology = Topology(settings)
     # FastStream's own per-message "Received/Processed" lines go to DEBUG: our log has one
     # line per command outcome instead.
-    broker = RabbitBroker(settings.amqp_url, log_level=logging.DEBUG, graceful_timeout=settings.shutdown_grace_s)
+    broker = RabbitBroker(
+        settings.amqp_url,
+        log_level=logging.DEBUG,
+        graceful_timeout=settings.shutdown_grace_s,
+        middlewares=[
+            RabbitTelemetryMiddleware(
+                tracer_provider=telemetry.tracer_provider,
+                meter_provider=telemetry.meter_provider,
+            )
+        ],
+        on_reconnected=[lambda _: telemetry.broker_reconnects.add(1)],
+    )
     publisher = Publisher(broker)
-    dispatcher = Dispatcher(settings, topology, publisher)
+    dispatcher = Dispatcher(settings, topology, publisher, telemetry)
     labels = Labels(settings.label_prefix, settings.discovery_label_prefix)
-    background: dict[str, EventStream | HealthMonitor] = {}
+    background: dict[str, Any] = {}
+    telemetry.observe(
+        "dockhand.commands.in_flight", "Commands running now", "{command}", lambda: dispatcher.counters.in_flight
+    )
+
+    def counted(publish: Any) -> Any:
+        async def publish_and_count(routing_key: str, model: Any) -> None:
+            await publish(routing_key, model)
+            telemetry.events.add(1, {"type": getattr(model, "type", "unknown")})
+
+        return publish_and_count
 
     async def on_command(body: bytes, message: RabbitMessage) -> None:
         dispatcher.submit(body, message)
 
     for queue, description in (
-        (topology.host_queue, f"Commands for host {settings.host_id} (and all.#)"),
-        (topology.any_queue, "Commands any host may take"),
+        (topology.host_queue, f"Commands for host {settings.host_id} (bound `<host>.#` and `all.#`)"),
+        (topology.any_queue, "Commands any host may take (bound `any.#`)"),
     ):
         broker.subscriber(
             queue,
@@ -63,8 +107,10 @@ def create_app(settings: Settings | None = None) -> FastStream:
             channel=Channel(prefetch_count=settings.prefetch),
             decoder=_raw_body,
             no_reply=True,
+            title=queue.name,
             description=description,
         )(on_command)
+    _document_outputs(broker, topology, settings.host_id)
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
@@ -73,12 +119,22 @@ def create_app(settings: Settings | None = None) -> FastStream:
         timeout = aiohttp.ClientTimeout(total=settings.docker_timeout_s, connect=10)
         docker = aiodocker.Docker(url=settings.docker_host or DEFAULT_DOCKER_URL, timeout=timeout)
         try:
-            dispatcher.ops = DockerOps(docker, settings, labels, Policy(settings, labels))
+            dispatcher.ops = DockerOps(docker, settings, labels, Policy(settings, labels), telemetry)
             yield
         finally:
             # The broker is already stopped here: FastStream stops it inside the lifespan.
+            if "http" in background:
+                await background["http"].stop()
             await docker.close()
             dispatcher.store.close()
+            telemetry.shutdown()
+
+    async def readiness() -> dict[str, bool]:
+        health: HealthMonitor | None = background.get("health")
+        return {
+            "broker": await broker.ping(timeout=1.0),
+            "docker": health is not None and health.docker.reachable,
+        }
 
     async def start_background() -> None:
         await topology.declare(broker)
@@ -86,10 +142,12 @@ def create_app(settings: Settings | None = None) -> FastStream:
         assert ops is not None
         discovery = Discovery(
             ops,
-            publisher.to(topology.events, message_type="dockhand.discovery"),
+            counted(publisher.to(topology.events, message_type="dockhand.discovery")),
             require_healthy=settings.discovery_require_healthy,
         )
-        stream = EventStream(ops, settings, discovery, publisher.to(topology.events, message_type="dockhand.event"))
+        stream = EventStream(
+            ops, settings, discovery, counted(publisher.to(topology.events, message_type="dockhand.event"))
+        )
         health = HealthMonitor(
             ops,
             settings,
@@ -98,9 +156,14 @@ def create_app(settings: Settings | None = None) -> FastStream:
             publisher.to(topology.health, message_type="dockhand.heartbeat"),
             __version__,
         )
+        telemetry.observe("dockhand.events.lag", "Docker event to processing", "ms", lambda: stream.state.lag_ms)
         background.update(stream=stream, health=health)
         stream.start()
         health.start()
+        if settings.http_enabled:
+            http = Endpoints(settings.http_host, settings.http_port, readiness)
+            await http.start()
+            background["http"] = http
         log.info(
             "dockhand worker %s ready: host %s, queue %s, max concurrency %d",
             settings.effective_worker_id,
@@ -113,9 +176,22 @@ def create_app(settings: Settings | None = None) -> FastStream:
         for subscriber in broker.subscribers:
             await subscriber.stop()  # basic.cancel: no new deliveries, acks still work
         await dispatcher.drain(settings.shutdown_grace_s)
-        for task in background.values():
-            await task.stop()
+        for name in ("stream", "health"):
+            if name in background:
+                await background[name].stop()
 
-    app = FastStream(broker, lifespan=lifespan, after_startup=[start_background], on_shutdown=[drain], logger=log)
+    app = FastStream(
+        broker,
+        lifespan=lifespan,
+        after_startup=[start_background],
+        on_shutdown=[drain],
+        logger=log,
+        specification=AsyncAPI(
+            title="dockhand",
+            version=__version__,
+            description="Run Docker through RabbitMQ: commands in; results, events and heartbeats out. "
+            "Contract: shared/contract.md.",
+        ),
+    )
     app.context.set_global("dispatcher", dispatcher)
     return app

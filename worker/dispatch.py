@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import re
 import time
@@ -20,6 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pydantic_core
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from schemas import COMMAND_ADAPTER, COMMAND_TYPES, Command, ErrorCode, Result, Status, utcnow
@@ -27,6 +29,7 @@ from schemas import COMMAND_ADAPTER, COMMAND_TYPES, Command, ErrorCode, Result, 
 from .errors import DockhandError, rejected
 from .handlers import HANDLERS, check_policy, lane_key
 from .store import ResultStore
+from .telemetry import Telemetry
 
 if TYPE_CHECKING:
     from faststream.rabbit import RabbitMessage
@@ -47,7 +50,9 @@ class Lanes:
         self._tails: dict[str, asyncio.Task[None]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def submit(self, key: str | None, job: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+    def submit(
+        self, key: str | None, job: Callable[[], Awaitable[None]], context: contextvars.Context | None = None
+    ) -> asyncio.Task[None]:
         before = self._tails.get(key) if key is not None else None
 
         async def run() -> None:
@@ -56,7 +61,7 @@ class Lanes:
                 await asyncio.wait([before])
             await job()
 
-        task = asyncio.get_running_loop().create_task(run())
+        task = asyncio.get_running_loop().create_task(run(), context=context)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         if key is not None:
@@ -202,8 +207,11 @@ class Counters:
 class Dispatcher:
     """Turns delivered messages into executed commands and confirmed results."""
 
-    def __init__(self, settings: Settings, topology: Topology, publisher: Publisher) -> None:
+    def __init__(
+        self, settings: Settings, topology: Topology, publisher: Publisher, telemetry: Telemetry | None = None
+    ) -> None:
         self.settings = settings
+        self.telemetry = telemetry or Telemetry(settings.host_id)
         self.topology = topology
         self.publisher = publisher
         self.ops: DockerOps | None = None
@@ -223,19 +231,22 @@ class Dispatcher:
     def submit(self, body: bytes, message: RabbitMessage) -> None:
         """Take one delivered message; it enters its lane in broker delivery order."""
         raw = message.raw_message
-        self._order.admit(raw.channel, raw.delivery_tag, lambda: self._enter(body, message))
+        # The message's context (its consumer span, from its traceparent) goes with it, even
+        # when another message's arrival is what releases it into its lane.
+        context = contextvars.copy_context()
+        self._order.admit(raw.channel, raw.delivery_tag, lambda: self._enter(body, message, context))
 
-    def _enter(self, body: bytes, message: RabbitMessage) -> None:
+    def _enter(self, body: bytes, message: RabbitMessage, context: contextvars.Context | None = None) -> None:
         received = utcnow()
         routing_key = message.raw_message.routing_key or ""
         try:
             command = parse(body, routing_key, self.settings.max_body_bytes)
         except Rejection as exc:
             rejection = exc
-            self.lanes.submit(None, lambda: self._guarded(self._reject(rejection, message, received), message))
+            self.lanes.submit(None, lambda: self._guarded(self._reject(rejection, message, received), message), context)
             return
         key = lane_key(command.type, command.payload)
-        self.lanes.submit(key, lambda: self._guarded(self._run(command, message, received), message))
+        self.lanes.submit(key, lambda: self._guarded(self._run(command, message, received), message), context)
 
     async def _guarded(self, job: Awaitable[None], message: RabbitMessage) -> None:
         """A bug must not strand a message unacked: requeue it, and the quorum queue's
@@ -256,21 +267,39 @@ class Dispatcher:
                 # (in order) for the next worker.
                 return
             self.counters.in_flight += 1
+            attributes = {
+                "dockhand.command_id": command.command_id,
+                "dockhand.command_type": command.type,
+                "dockhand.host_id": self.settings.host_id,
+            }
+            workspace_id = getattr(command.payload, "workspace_id", None)
+            if workspace_id:
+                attributes["dockhand.workspace_id"] = workspace_id
+            span = self.telemetry.tracer.start_span(f"dockhand {command.type}", attributes=attributes)
             try:
-                stored = self.store.get(command.command_id)
-                if stored is None:
-                    result = await self._execute(command, message)
-                elif message.raw_message.redelivered and self.store.is_published(command.command_id):
-                    # A crash came between the confirmed result and the ack: it was answered.
-                    log.info("%s %s: redelivered, already answered; acking", command.type, command.command_id)
-                    await message.ack()
-                    return
-                else:
-                    log.info("%s %s: answered from the stored result", command.type, command.command_id)
-                    result = stored
-                await self._finish(result, message, settle=self._settle_for(result.status))
+                with trace.use_span(span, end_on_exit=True):
+                    await self._answer(command, message, span)
             finally:
                 self.counters.in_flight -= 1
+
+    async def _answer(self, command: Command, message: RabbitMessage, span: trace.Span) -> None:
+        """Execute (or answer from the store), publish, settle."""
+        stored = self.store.get(command.command_id)
+        if stored is None:
+            result = await self._execute(command, message)
+        elif message.raw_message.redelivered and self.store.is_published(command.command_id):
+            # A crash came between the confirmed result and the ack: it was answered.
+            log.info("%s %s: redelivered, already answered; acking", command.type, command.command_id)
+            await message.ack()
+            return
+        else:
+            log.info("%s %s: answered from the stored result", command.type, command.command_id)
+            result = stored
+        span.set_attribute("dockhand.status", result.status.value)
+        if result.error is not None:
+            span.set_attribute("dockhand.error_code", result.error.code.value)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, result.error.code.value))
+        await self._finish(result, message, settle=self._settle_for(result.status))
 
     def _attempt(self, message: RabbitMessage) -> int:
         headers = message.raw_message.headers or {}
@@ -317,6 +346,8 @@ class Dispatcher:
         # with the same id and should then run again.
         if result.status is not Status.REJECTED and not (error and error.retryable):
             self.store.put(result, published=False)
+        self.telemetry.commands.add(1, {"type": command.type, "status": result.status.value})
+        self.telemetry.command_duration.record(result.duration_ms / 1000, {"type": command.type})
         subject = getattr(command.payload, "workspace_id", None) or getattr(command.payload, "name", None)
         log.info(
             "%s%s %s in %.1f ms (command %s)%s",
@@ -326,6 +357,14 @@ class Dispatcher:
             result.duration_ms,
             command.command_id,
             f": {error}" if error else "",
+            extra={
+                "command_id": command.command_id,
+                "command_type": command.type,
+                "workspace_id": getattr(command.payload, "workspace_id", None),
+                "status": result.status.value,
+                "duration_ms": result.duration_ms,
+                **({"error_code": error.code.value} if error else {}),
+            },
         )
         return result
 

@@ -51,6 +51,7 @@ from .errors import DockhandError, from_exception, is_transient
 from .labels import Labels
 from .policy import Policy, image_registry
 from .settings import Settings
+from .telemetry import Telemetry
 
 T = TypeVar("T")
 JSON = dict[str, Any]
@@ -82,8 +83,16 @@ def spec_hash(payload: WorkspaceCreate) -> str:
 class DockerOps:
     """What the command handlers do to the Docker host."""
 
-    def __init__(self, docker: aiodocker.Docker, settings: Settings, labels: Labels, policy: Policy) -> None:
+    def __init__(
+        self,
+        docker: aiodocker.Docker,
+        settings: Settings,
+        labels: Labels,
+        policy: Policy,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.docker = docker
+        self.telemetry = telemetry or Telemetry(settings.host_id)
         self.settings = settings
         self.labels = labels
         self.policy = policy
@@ -114,13 +123,14 @@ class DockerOps:
                 ErrorCode.DOCKER_UNAVAILABLE, f"{subject}: Docker daemon unreachable on {self.host_id}", retryable=True
             )
         try:
-            async for attempt in stamina.retry_context(
-                on=is_transient,
-                attempts=self.settings.docker_retry_attempts,
-                timeout=self.settings.docker_retry_timeout_s,
-            ):
-                with attempt:
-                    return await fn()
+            with self.telemetry.docker_call(operation, subject):
+                async for attempt in stamina.retry_context(
+                    on=is_transient,
+                    attempts=self.settings.docker_retry_attempts,
+                    timeout=self.settings.docker_retry_timeout_s,
+                ):
+                    with attempt:
+                        return await fn()
         except Exception as exc:
             raise from_exception(exc, subject=subject, not_found=not_found, pulling=pulling) from exc
         raise AssertionError("unreachable: stamina yields at least one attempt")  # pragma: no cover

@@ -7,6 +7,8 @@ import logging
 import sys
 from typing import Any
 
+from opentelemetry import trace
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with any ``extra`` fields given to the log call."""
@@ -26,8 +28,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
+class ContextFilter(logging.Filter):
+    """Adds ``host_id`` and, inside a span, ``trace_id`` to every record (JSON logs show them)."""
+
+    def __init__(self, host_id: str) -> None:
+        super().__init__()
+        self.host_id = host_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.host_id = self.host_id
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            record.trace_id = format(context.trace_id, "032x")
+        return True
+
+
+def setup_logging(level: str = "INFO", json_lines: bool = False, host_id: str = "") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFilter(host_id))
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:

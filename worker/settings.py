@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     allowed_bind_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_registries: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8081, ge=0, le=65535)
+    http_enabled: bool = True
+
     log_level: str = "INFO"
     log_json: bool = False
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -62,6 +63,13 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the worker's HTTP endpoints, read from its start-up log line."""
+        match = re.search(r"http: listening on ([0-9.]+):([0-9]+)", self.log())
+        assert match, f"no HTTP endpoint in the log of {self.host_id}"
+        return f"http://{match.group(1)}:{match.group(2)}"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:
@@ -131,6 +139,7 @@ class WorkerFactory:
             "DOCKHAND_LOG_LEVEL": "INFO",
             # Per host: a restarted worker (or a standby) of the same host shares its journal.
             "DOCKHAND_STATE_DIR": str(self.root / f"state-{name}"),
+            "DOCKHAND_HTTP_PORT": "0",  # many workers on one machine: each takes a free port
             **overrides,
         }
         log_path = self.root / f"worker-{name}-{len(self.workers)}.log"

@@ -21,7 +21,7 @@ def _key(client: Client, command_type: str) -> str:
 
 BAD_INPUT = [
     # (name, body, routing type, expected code or None when no command_id is readable)
-    ("malformed-json", b'{"command_id": "x", "type": ', "host.info", None),
+    ("malformed-json", b'{"type": "host.info", "command_id": "x", ', "host.info", None),
     ("not-an-object", b'["host.info"]', "host.info", None),
     ("random-bytes", bytes(range(256)), "host.info", None),
     (
@@ -78,6 +78,17 @@ async def test_bad_input_is_rejected_and_dead_lettered(
         assert published[0][0] == f"{client.worker.host_id}.{reply['type']}.rejected"
     # ... and the worker keeps serving.
     assert (await client.send("host.info"))["status"] == "succeeded"
+
+
+async def test_truncated_body_with_a_leading_id_is_answered(client: Client) -> None:
+    command_id = f"trunc-{uuid.uuid4().hex[:8]}"
+    raw = f'{{"command_id": "{command_id}", "type": "host.info", "payl'.encode()
+    message_id = uuid.uuid4().hex
+    reply = await client.reply(await client.publish(raw, _key(client, "host.info"), message_id=message_id))
+    assert reply["status"] == "rejected"
+    assert reply["command_id"] == command_id
+    assert reply["error"]["code"] == "invalid_command"
+    assert (await client.dead_letter(message_id)).body == raw
 
 
 async def test_oversized_body_is_dead_lettered(client: Client) -> None:

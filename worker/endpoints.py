@@ -1,0 +1,59 @@
+"""HTTP endpoints for orchestrators and Prometheus: ``/healthz``, ``/readyz``, ``/metrics``.
+
+Served by aiohttp's web server (already a dependency through aiodocker), bound to
+``DOCKHAND_HTTP_HOST`` (default 127.0.0.1). Port 0 picks a free port (logged).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from .telemetry import prometheus_text
+
+log = logging.getLogger("dockhand.http")
+
+Check = Callable[[], Awaitable[dict[str, bool]]]
+
+
+class Endpoints:
+    """The worker's small HTTP server."""
+
+    def __init__(self, host: str, port: int, readiness: Check) -> None:
+        self._host = host
+        self._port = port
+        self._readiness = readiness
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        # Answering at all is the proof: the event loop is alive.
+        return web.json_response({"status": "alive"})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        checks = await self._readiness()
+        ready = all(checks.values())
+        return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=prometheus_text(), content_type="text/plain", charset="utf-8")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.add_routes(
+            [web.get("/healthz", self._healthz), web.get("/readyz", self._readyz), web.get("/metrics", self._metrics)]
+        )
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        addresses = self._runner.addresses
+        self.port = int(addresses[0][1]) if addresses else self._port
+        log.info("http: listening on %s:%s (/healthz /readyz /metrics)", self._host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
