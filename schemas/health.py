@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
+from pydantic import Field
+
 from ._base import WireModel
 
 
@@ -37,6 +39,9 @@ class Heartbeat(WireModel):
     host_id: str
     worker_id: str
     status: Literal["healthy", "degraded", "unhealthy"]
+    role: Literal["active", "standby"] = Field(
+        default="active", description="standby: a hot standby of this host, not publishing its events"
+    )
     time: datetime
     uptime_s: float
     version: str

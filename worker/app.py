@@ -25,6 +25,7 @@ from .endpoints import Endpoints
 from .events import EventStream
 from .health import HealthMonitor
 from .labels import Labels
+from .leadership import Leadership
 from .policy import Policy
 from .publishing import Publisher
 from .settings import Settings
@@ -56,6 +57,13 @@ def _document_outputs(broker: RabbitBroker, topology: Topology, host: str) -> No
         broker.publisher(
             exchange=exchange, routing_key=routing_key, schema=model, title=routing_key, description=description
         )
+
+
+def _async(fn: Any) -> Any:
+    async def call() -> None:
+        fn()
+
+    return call
 
 
 def create_app(settings: Settings | None = None, telemetry: Telemetry | None = None) -> FastStream:
@@ -157,8 +165,15 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
             __version__,
         )
         telemetry.observe("dockhand.events.lag", "Docker event to processing", "ms", lambda: stream.state.lag_ms)
-        background.update(stream=stream, health=health)
-        stream.start()
+        leadership = Leadership(
+            settings.amqp_url,
+            topology.leader_lock,
+            on_elected=_async(stream.start),
+            on_demoted=stream.stop,
+        )
+        health.is_leader = lambda: leadership.leader
+        background.update(stream=stream, health=health, leadership=leadership)
+        leadership.start()
         health.start()
         if settings.http_enabled:
             http = Endpoints(settings.http_host, settings.http_port, readiness)
@@ -176,7 +191,7 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
         for subscriber in broker.subscribers:
             await subscriber.stop()  # basic.cancel: no new deliveries, acks still work
         await dispatcher.drain(settings.shutdown_grace_s)
-        for name in ("stream", "health"):
+        for name in ("leadership", "stream", "health"):
             if name in background:
                 await background[name].stop()
 

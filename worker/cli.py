@@ -1,25 +1,113 @@
-"""The ``dockhand`` command line."""
+"""The ``dockhand`` command line: run the worker, send it commands, tail its events.
+
+``dockhand send`` and ``dockhand events`` talk to the broker with aio-pika directly: one
+connection, one channel, an exclusive server-named queue. They read ``DOCKHAND_AMQP_URL``,
+``DOCKHAND_EXCHANGE_PREFIX`` and ``DOCKHAND_HOST_ID`` like the worker does; options override.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-app = typer.Typer(help="dockhand: run Docker through RabbitMQ.", no_args_is_help=True, add_completion=False)
+if TYPE_CHECKING:
+    import aio_pika.abc
+
+# Exit codes of `dockhand send`, by result status (see `dockhand send --help`).
+EXIT_CODES: dict[str, int] = {"succeeded": 0, "failed": 1, "rejected": 2, "expired": 3}
+EXIT_INVALID = 2  # a command that is not valid is not sent: the same code as `rejected`
+EXIT_UNAVAILABLE = 69  # the broker is unreachable, refuses the login, or lacks the exchange (EX_UNAVAILABLE)
+EXIT_TIMEOUT = 124  # no reply in time (like timeout(1))
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
+CONNECT_TIMEOUT_S = 10.0
+_HOST_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+app = typer.Typer(
+    help="dockhand: run Docker through RabbitMQ.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class CliError(Exception):
+    """A failure the user gets as one line on stderr, with an exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    raise CliError(message, code)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages)."""
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+# --- options shared by send and events ----------------------------------------------------
+
+AmqpUrl = Annotated[
+    str,
+    typer.Option(
+        "--amqp-url",
+        envvar="DOCKHAND_AMQP_URL",
+        show_envvar=True,
+        show_default=False,
+        help=f"Broker URL [default: {mask_url(DEFAULT_AMQP_URL)}].",
+    ),
+]
+ExchangePrefix = Annotated[
+    str,
+    typer.Option(
+        "--exchange-prefix",
+        envvar="DOCKHAND_EXCHANGE_PREFIX",
+        show_envvar=True,
+        help="Prefix of the exchange names (<prefix>.commands, .results, .events, .health).",
+    ),
+]
+
+
+# --- run, schema ----------------------------------------------------------------------------
 
 
 @app.command()
 def run() -> None:
     """Run the worker (configured by DOCKHAND_* environment variables)."""
+    from pydantic import ValidationError
+
     from .settings import Settings
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as err:
+        problems = "; ".join(
+            f"DOCKHAND_{'_'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}" for e in err.errors()
+        )
+        _die(f"invalid settings: {problems}", EXIT_INVALID)
     from .logs import setup_logging
 
-    setup_logging(settings.log_level, settings.log_json)
+    setup_logging(settings.log_level, settings.log_json, settings.host_id)
     from .app import create_app
 
     asyncio.run(create_app(settings).run())
@@ -36,5 +124,632 @@ def schema(
         typer.echo(path)
 
 
+# --- send -------------------------------------------------------------------------------------
+
+
+def _command_types() -> list[str]:
+    from schemas import COMMAND_TYPES
+
+    return sorted(COMMAND_TYPES)
+
+
+def load_payload(value: str | None) -> dict[str, Any] | None:
+    """``--payload``: inline JSON, ``@file``, or ``@-`` for standard input."""
+    if value is None:
+        return None
+    source = "--payload"
+    text = value
+    if value.startswith("@"):
+        name = value[1:]
+        if name == "-":
+            source, text = "standard input", sys.stdin.read()
+        else:
+            source = name
+            try:
+                text = Path(name).read_text(encoding="utf-8")
+            except OSError as err:
+                fail(f"cannot read payload file {name}: {err.strerror or err}", EXIT_INVALID)
+            except UnicodeDecodeError:
+                fail(f"payload file {name} is not UTF-8 text", EXIT_INVALID)
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as err:
+        fail(f"payload from {source} is not valid JSON: {err}", EXIT_INVALID)
+    if not isinstance(payload, dict):
+        fail(f"payload from {source} must be a JSON object, not {type(payload).__name__}", EXIT_INVALID)
+    return payload
+
+
+def build_command(
+    command_type: str,
+    payload: dict[str, Any] | None,
+    command_id: str | None = None,
+    expires_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The command body, validated locally against the contract's models (as the worker will)."""
+    from pydantic import ValidationError
+
+    from schemas import COMMAND_ADAPTER, COMMAND_TYPES
+
+    if command_type not in COMMAND_TYPES:
+        fail(f"unknown command type {command_type!r}; one of: {', '.join(_command_types())}", EXIT_INVALID)
+    body: dict[str, Any] = {"command_id": command_id or uuid.uuid4().hex, "type": command_type}
+    if payload is not None:
+        body["payload"] = payload
+    if expires_at is not None:
+        body["expires_at"] = expires_at.isoformat().replace("+00:00", "Z")
+    try:
+        COMMAND_ADAPTER.validate_json(json.dumps(body))
+    except ValidationError as err:
+        problems = [_describe_error(command_type, e) for e in err.errors(include_url=False)]
+        fail(f"invalid {command_type} command: " + "; ".join(problems), EXIT_INVALID)
+    return body
+
+
+def _describe_error(command_type: str, error: Any) -> str:
+    loc = [str(p) for p in error.get("loc", ())]
+    if loc and loc[0] == command_type:  # the discriminator's tag
+        loc = loc[1:]
+    where = ".".join(loc) or "command"
+    message = str(error.get("msg", "invalid"))
+    if error.get("type") == "extra_forbidden":
+        message = "unknown field"
+    return f"{where}: {message}"
+
+
+class HostTarget:
+    ANY = "any"
+    ALL = "all"
+
+
+def resolve_host(host: str | None) -> str:
+    """``--host``: a host id, ``any`` or ``all``; default DOCKHAND_HOST_ID, else this machine's id."""
+    if host is None:
+        from .settings import default_host_id
+
+        host = default_host_id()
+    if host not in {HostTarget.ANY, HostTarget.ALL} and not _HOST_ID.match(host):
+        fail(f"host {host!r} is not a host id ({_HOST_ID.pattern}), 'any' or 'all'", EXIT_INVALID)
+    return host
+
+
+@app.command(
+    epilog=(
+        "Exit codes: 0 succeeded, 1 failed, 2 rejected (or invalid locally: nothing was sent), "
+        "3 expired, 124 no reply within --timeout, 69 broker unreachable. "
+        "With --host all: 0 only if every reply succeeded, else the highest code among the replies."
+    )
+)
+def send(
+    command_type: Annotated[
+        str,
+        typer.Argument(
+            metavar="TYPE",
+            help="Command type, e.g. host.info, workspace.create (`dockhand send --list` shows all).",
+            show_default=False,
+        ),
+    ] = "",
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            "-H",
+            envvar="DOCKHAND_HOST_ID",
+            show_envvar=True,
+            show_default=False,
+            help="Target: a host id, 'any' (one worker of any host) or 'all' (every host). "
+            "[default: this machine's host id]",
+        ),
+    ] = None,
+    payload: Annotated[
+        str | None,
+        typer.Option("--payload", "-p", help="Payload: a JSON object, @FILE, or @- for standard input."),
+    ] = None,
+    command_id: Annotated[
+        str | None, typer.Option("--id", help="command_id (the idempotency key) [default: random]")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", "-t", min=0.1, help="Seconds to wait for the reply (for 'all': for replies).")
+    ] = 30.0,
+    expires_in: Annotated[
+        float | None,
+        typer.Option("--expires-in", min=0, help="Set expires_at this many seconds from now."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print each result as raw JSON (one line per reply).")
+    ] = False,
+    list_types: Annotated[bool, typer.Option("--list", help="List the command types and exit.")] = False,
+    amqp_url: AmqpUrl = DEFAULT_AMQP_URL,
+    exchange_prefix: ExchangePrefix = "dockhand",
+) -> None:
+    """Send one command and print its result.
+
+    Publishes to <prefix>.commands with routing key <host>.<TYPE>, a reply_to queue and a
+    correlation_id, then waits for the reply.
+    """
+    if list_types:
+        for name in _command_types():
+            typer.echo(name)
+        return
+    with _errors():
+        if not command_type:
+            fail("missing TYPE (e.g. `dockhand send host.info`; `dockhand send --list` shows all)", EXIT_INVALID)
+        target = resolve_host(host)
+        expires_at = None
+        if expires_in is not None:
+            from datetime import UTC, timedelta
+
+            expires_at = datetime.now(UTC) + timedelta(seconds=expires_in)
+        body = build_command(command_type, load_payload(payload), command_id, expires_at)
+        replies = _run_async(_send(amqp_url, exchange_prefix, target, body, timeout))
+        if not replies:
+            what = f"{command_type} {body['command_id']}"
+            if target == HostTarget.ALL:
+                fail(f"no host replied within {timeout:g} s ({what})", EXIT_TIMEOUT)
+            fail(f"no reply from {target} within {timeout:g} s ({what}; it may still run)", EXIT_TIMEOUT)
+        codes = []
+        for raw in replies:
+            result = _parse_result(raw)
+            codes.append(EXIT_CODES.get(str(result.get("status")), 1))
+            if as_json:
+                typer.echo(raw.decode("utf-8", errors="replace"))
+            else:
+                typer.echo(format_result(result))
+        if target == HostTarget.ALL and not as_json:
+            counts: dict[str, int] = {}
+            for raw in replies:
+                status = str(_parse_result(raw).get("status"))
+                counts[status] = counts.get(status, 0) + 1
+            summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+            typer.echo(f"{len(replies)} host{'s' if len(replies) != 1 else ''} replied: {summary}")
+    code = max(codes)
+    if code:
+        raise typer.Exit(code)
+
+
+def _parse_result(raw: bytes) -> dict[str, Any]:
+    try:
+        result = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {"status": "failed", "error": {"code": "internal", "message": "reply is not JSON"}}
+    return result if isinstance(result, dict) else {"status": "failed", "error": {"message": "reply is not an object"}}
+
+
+async def _send(url: str, prefix: str, target: str, body: dict[str, Any], wait_s: float) -> list[bytes]:
+    import aio_pika
+    from aiormq.exceptions import DeliveryError
+
+    command_type = body["type"]
+    correlation_id = uuid.uuid4().hex
+    connection = await _connect(url)
+    async with connection:
+        channel = await connection.channel(on_return_raises=True)
+        exchange = await _existing_exchange(channel, f"{prefix}.commands", url)
+        reply_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            if message.correlation_id == correlation_id:
+                replies.put_nowait(message.body)
+
+        await reply_queue.consume(on_reply, no_ack=True)
+        routing_key = f"{target}.{command_type}"
+        try:
+            await exchange.publish(
+                aio_pika.Message(
+                    json.dumps(body).encode(),
+                    content_type="application/json",
+                    correlation_id=correlation_id,
+                    reply_to=reply_queue.name,
+                    message_id=body["command_id"],
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    app_id="dockhand-cli",
+                ),
+                routing_key=routing_key,
+                mandatory=True,
+            )
+        except DeliveryError:
+            who = "no worker" if target in {HostTarget.ANY, HostTarget.ALL} else f"no worker for host {target}"
+            fail(
+                f"{who} has a queue on {prefix}.commands (routing key {routing_key} reaches no queue): "
+                "check --host and --exchange-prefix",
+                EXIT_UNAVAILABLE,
+            )
+        return await _collect(replies, wait_s, many=target == HostTarget.ALL)
+
+
+async def _collect(replies: asyncio.Queue[bytes], wait_s: float, *, many: bool) -> list[bytes]:
+    """The first reply; with ``many``, every distinct reply within ``wait_s`` (copies dropped)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    got: list[bytes] = []
+    seen: set[str] = set()
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return got
+        try:
+            raw = await asyncio.wait_for(replies.get(), remaining)
+        except TimeoutError:
+            return got
+        key = str(_parse_result(raw).get("host_id")) if many else ""
+        if key in seen:  # a result may arrive twice (at-least-once): one per host
+            continue
+        seen.add(key)
+        got.append(raw)
+        if not many:
+            return got
+
+
+# --- result formatting --------------------------------------------------------------------
+
+
+def format_error(status: str, error: dict[str, Any] | None) -> str:
+    """``failed: not_found: workspace ws1 not found on host-a (retryable: no)``."""
+    error = error or {}
+    retryable = "yes" if error.get("retryable") else "no"
+    return f"{status}: {error.get('code', 'unknown')}: {error.get('message', '')} (retryable: {retryable})"
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """A result as a header line plus a compact view of its body or error."""
+    status = str(result.get("status", "?"))
+    duration = result.get("duration_ms")
+    took = f" in {duration:.0f} ms" if isinstance(duration, int | float) else ""
+    attempt = result.get("attempt")
+    retry = f" (attempt {attempt})" if isinstance(attempt, int) and attempt > 1 else ""
+    header = f"{result.get('host_id', '?')} {result.get('type', '?')} {status}{took}{retry}"
+    if status != "succeeded":
+        return f"{header}\n{format_error(status, result.get('error'))}"
+    body = result.get("result")
+    lines = _format_body(str(result.get("type", "")), body) if isinstance(body, dict) else []
+    return "\n".join([header, *lines])
+
+
+def _short_id(value: Any) -> str:
+    text = str(value or "")
+    return text.removeprefix("sha256:")[:12]
+
+
+def _ports(ports: Any) -> str:
+    parts = []
+    for port in ports or []:
+        if isinstance(port, dict):
+            parts.append(
+                f"{port.get('container_port')}/{port.get('protocol', 'tcp')} → "
+                f"{port.get('host_ip')}:{port.get('host_port')}"
+            )
+    return ", ".join(parts)
+
+
+def _pairs(mapping: Any, sep: str = " ") -> str:
+    if not isinstance(mapping, dict):
+        return ""
+    return ", ".join(f"{k}{sep}{v}" if v not in (None, "") else str(k) for k, v in mapping.items())
+
+
+def _gib(value: Any) -> str:
+    return f"{value / 2**30:.1f} GiB" if isinstance(value, int | float) else "?"
+
+
+def _workspace_lines(ws: dict[str, Any]) -> list[str]:
+    created = {True: " (created)", False: " (existed)"}.get(ws["created"], "") if "created" in ws else ""
+    rows = [
+        ("workspace", f"{ws.get('workspace_id')}{created}"),
+        ("container", f"{ws.get('container_name')} {_short_id(ws.get('container_id'))}"),
+        ("image", f"{ws.get('image')} {_short_id(ws.get('image_id'))}"),
+        ("state", f"{ws.get('state')}" + (f", {ws['health']}" if ws.get("health") else "")),
+        ("ports", _ports(ws.get("ports"))),
+        ("networks", _pairs(ws.get("networks"))),
+        ("project", " / ".join(str(ws[k]) for k in ("project", "stage") if ws.get(k))),
+    ]
+    return [f"  {name:<10} {value}" for name, value in rows if value]
+
+
+def _workspace_row(ws: dict[str, Any]) -> str:
+    ports = _ports(ws.get("ports"))
+    return f"  {ws.get('workspace_id')}  {ws.get('state')}  {ws.get('image')}" + (f"  {ports}" if ports else "")
+
+
+def service_line(service: dict[str, Any]) -> str:
+    """``app.example.com → 172.17.0.3:8080 (web)``."""
+    port = service.get("port")
+    addresses = [f"{ip}:{port}" for ip in (service.get("networks") or {}).values() if ip]
+    if not addresses:
+        addresses = [f"host port {p}" for p in (service.get("host_ports") or {}).values()] or ["no address"]
+    name = service.get("container_name") or _short_id(service.get("container_id"))
+    health = f", {service['health']}" if service.get("health") else ""
+    return f"{service.get('domain')} → {', '.join(addresses)} ({name}{health})"
+
+
+def _format_body(command_type: str, body: dict[str, Any]) -> list[str]:
+    if "container_id" in body and "workspace_id" in body and "state" in body:
+        return _workspace_lines(body)
+    if command_type == "host.info":
+        return [
+            f"  docker {body.get('docker_version')} (API {body.get('api_version')}), {body.get('os')}, "
+            f"{body.get('cpus')} CPUs, {_gib(body.get('memory_bytes'))}, {body.get('containers')} containers"
+        ]
+    if command_type == "workspace.list":
+        workspaces = body.get("workspaces") or []
+        return [_workspace_row(ws) for ws in workspaces if isinstance(ws, dict)] or ["  no workspaces"]
+    if command_type == "discovery.list":
+        services = body.get("services") or []
+        return [f"  {service_line(s)}" for s in services if isinstance(s, dict)] or ["  no services"]
+    if command_type == "workspace.exec":
+        lines = [f"  exit code {body.get('exit_code')}" + (" (output truncated)" if body.get("truncated") else "")]
+        for stream in ("stdout", "stderr"):
+            text = str(body.get(stream) or "")
+            if text:
+                lines.append(f"  {stream}:")
+                lines.extend(f"    {line}" for line in text.rstrip("\n").split("\n"))
+        return lines
+    if command_type == "workspace.logs":
+        lines = [f"  {line}" for line in body.get("lines") or []]
+        return [*lines, "  (truncated)"] if body.get("truncated") else lines or ["  no log lines"]
+    return [f"  {key:<10} {_compact(value)}" for key, value in body.items() if value not in (None, {}, [])]
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, dict):
+        return _pairs(value, "=")
+    if isinstance(value, list):
+        return ", ".join(_compact(v) for v in value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+class Kind(StrEnum):
+    container = "container"
+    network = "network"
+    discovery = "discovery"
+    health = "health"
+
+
+def bindings(prefix: str, host: str | None, kinds: list[Kind]) -> list[tuple[str, str]]:
+    """(exchange, routing key) pairs for ``dockhand events``."""
+    who = host or "*"
+    pairs = []
+    for kind in kinds or list(Kind):
+        if kind is Kind.health:
+            pairs.append((f"{prefix}.health", f"{who}.heartbeat"))
+        else:
+            pairs.append((f"{prefix}.events", f"{who}.{kind.value}.#"))
+    return pairs
+
+
+def _clock(value: Any) -> str:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone().strftime("%H:%M:%S")
+    return datetime.now().astimezone().strftime("%H:%M:%S")
+
+
+def format_event(routing_key: str, body: Any) -> str:
+    """One readable line per event or heartbeat."""
+    if not isinstance(body, dict):
+        return f"{datetime.now().astimezone():%H:%M:%S} {routing_key} (not a JSON object)"
+    host = body.get("host_id") or routing_key.split(".", 1)[0]
+    kind = str(body.get("type") or routing_key.split(".", 1)[-1])
+    head = f"{_clock(body.get('time'))} {host}"
+    if "status" in body and "docker" in body:  # a heartbeat
+        return f"{head} heartbeat {_heartbeat(body)}"
+    if kind.startswith("container."):
+        container = body.get("container") or {}
+        name = container.get("name") or _short_id(container.get("id"))
+        ws = f" ({container['workspace_id']})" if container.get("workspace_id") else ""
+        attributes = body.get("attributes") or {}
+        extra = f" exit {attributes['exit_code']}" if "exit_code" in attributes else ""
+        return f"{head} {kind} {name}{ws}{extra}"
+    if kind.startswith("network."):
+        network = body.get("network") or {}
+        name = network.get("name") or _short_id(network.get("id"))
+        target = body.get("workspace_id") or _short_id(body.get("container_id"))
+        return f"{head} {kind} {name}" + (f" {target}" if target else "")
+    if kind == "discovery.snapshot":
+        services = [s for s in body.get("services") or [] if isinstance(s, dict)]
+        listed = ": " + ", ".join(str(s.get("domain")) for s in services) if services else ""
+        return f"{head} {kind} ({body.get('reason')}) {len(services)} service{'s' * (len(services) != 1)}{listed}"
+    if kind == "discovery.invalid":
+        container = body.get("container") or {}
+        return f"{head} {kind} {container.get('container_name')}: {body.get('reason')}"
+    if kind.startswith("discovery.") and isinstance(body.get("service"), dict):
+        return f"{head} {kind} {service_line(body['service'])}"
+    return f"{head} {kind}"
+
+
+def _heartbeat(body: dict[str, Any]) -> str:
+    docker = body.get("docker") or {}
+    parts = [str(body.get("status"))]
+    if docker.get("reachable"):
+        parts.append(f"docker {docker.get('version')}")
+        if isinstance(docker.get("latency_ms"), int | float):
+            parts.append(f"latency {docker['latency_ms']:.1f} ms")
+        parts.append(f"running {docker.get('containers_running')}")
+    else:
+        parts.append("docker unreachable")
+    events = body.get("events") or {}
+    if events and not events.get("stream_connected", True):
+        parts.append("event stream down")
+    commands = body.get("commands") or {}
+    if commands.get("in_flight"):
+        parts.append(f"in flight {commands['in_flight']}")
+    return " ".join(parts)
+
+
+@app.command()
+def events(
+    host: Annotated[
+        str | None, typer.Option("--host", "-H", show_default=False, help="Only this host's [default: every host].")
+    ] = None,
+    kind: Annotated[
+        list[Kind] | None,
+        typer.Option("--kind", "-k", show_default=False, help="Only these kinds (repeatable) [default: all]."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print each message body as raw JSON.")] = False,
+    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Exit after N messages.")] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", "-t", min=0.1, help="Exit after S seconds (124 if --count was not reached)."),
+    ] = None,
+    amqp_url: AmqpUrl = DEFAULT_AMQP_URL,
+    exchange_prefix: ExchangePrefix = "dockhand",
+) -> None:
+    """Print events and heartbeats as they come, one line each, until Ctrl-C.
+
+    Binds an exclusive queue to <prefix>.events (<host>.container.#, .network.#, .discovery.#)
+    and <prefix>.health (<host>.heartbeat).
+    """
+    with _errors():
+        if host is not None and not _HOST_ID.match(host):
+            fail(f"host {host!r} is not a host id ({_HOST_ID.pattern})", EXIT_INVALID)
+        pairs = bindings(exchange_prefix, host, kind or [])
+
+        def show(routing_key: str, raw: bytes) -> None:
+            if as_json:
+                typer.echo(raw.decode("utf-8", errors="replace"))
+                return
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                body = None
+            typer.echo(format_event(routing_key, body))
+
+        seen, timed_out = _run_async(_tail(amqp_url, pairs, show, count, timeout))
+    if timed_out and count is not None and seen < count:
+        typer.echo(f"dockhand: {seen} of {count} messages within {timeout:g} s", err=True)
+        raise typer.Exit(EXIT_TIMEOUT)
+
+
+async def _tail(
+    url: str,
+    pairs: list[tuple[str, str]],
+    show: Callable[[str, bytes], None],
+    count: int | None,
+    wait_s: float | None,
+) -> tuple[int, bool]:
+    """Print messages until ``count``, ``wait_s``, SIGINT or SIGTERM: (how many, timed out)."""
+    import aio_pika
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    seen = 0
+    connection = await _connect(url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        for exchange_name, routing_key in pairs:
+            # Declared as the worker declares them, so a tail may start before the worker.
+            exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
+            await queue.bind(exchange, routing_key=routing_key)
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal seen
+            if stop.is_set():
+                return
+            show(message.routing_key or "", message.body)
+            seen += 1
+            if count is not None and seen >= count:
+                stop.set()
+
+        await queue.consume(on_message, no_ack=True)
+        keys = ", ".join(f"{exchange} {key}" for exchange, key in pairs)
+        typer.echo(f"dockhand: listening on {keys} (Ctrl-C to stop)", err=True)
+        try:
+            await asyncio.wait_for(stop.wait(), wait_s)
+        except TimeoutError:
+            return seen, True
+    return seen, False
+
+
+# --- broker plumbing and error handling -----------------------------------------------------
+
+
+async def _connect(url: str) -> aio_pika.abc.AbstractConnection:
+    import aio_pika
+    from aiormq.exceptions import ProbableAuthenticationError
+
+    masked = mask_url(url)
+    try:
+        return await asyncio.wait_for(aio_pika.connect(url), CONNECT_TIMEOUT_S)
+    except ProbableAuthenticationError as err:
+        fail(f"RabbitMQ at {masked} refused the login: {_reason(err)}", EXIT_UNAVAILABLE)
+    except TimeoutError:
+        fail(f"cannot reach RabbitMQ at {masked}: no answer within {CONNECT_TIMEOUT_S:g} s", EXIT_UNAVAILABLE)
+    except (OSError, ValueError) as err:
+        fail(f"cannot reach RabbitMQ at {masked}: {_reason(err)}", EXIT_UNAVAILABLE)
+
+
+async def _existing_exchange(
+    channel: aio_pika.abc.AbstractChannel, name: str, url: str
+) -> aio_pika.abc.AbstractExchange:
+    from aiormq.exceptions import ChannelNotFoundEntity
+
+    try:
+        return await channel.get_exchange(name, ensure=True)
+    except ChannelNotFoundEntity:
+        fail(
+            f"exchange {name} does not exist on {mask_url(url)}: no worker has run with this "
+            "exchange prefix (check --exchange-prefix / DOCKHAND_EXCHANGE_PREFIX)",
+            EXIT_UNAVAILABLE,
+        )
+
+
+def _reason(err: BaseException) -> str:
+    """The readable part of a connection error: ``Connection refused``, not the errno tuple."""
+    cause = err.__cause__ if isinstance(err.__cause__, OSError) else err
+    errno = getattr(cause, "errno", None)
+    if isinstance(errno, int) and errno > 0:
+        return os.strerror(errno)
+    args = [a for a in getattr(cause, "args", ()) if isinstance(a, str)]
+    text = args[-1] if args else str(cause) or type(cause).__name__
+    return mask_url(text.split(" - ", 1)[-1] if text.startswith("ACCESS_REFUSED") else text)
+
+
+def _run_async(coro: Any) -> Any:
+    """Run ``coro``; Ctrl-C ends it quietly (exit 0 for a tail, 130 otherwise is click's)."""
+    for name in ("aiormq", "aio_pika"):
+        # Their "error when creating transport" warnings would precede our own one line.
+        logger = logging.getLogger(name)
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+    return asyncio.run(coro)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Turn failures into one line on stderr: ``dockhand: <what went wrong>``."""
+    try:
+        yield
+    except CliError as err:
+        _die(err.message, err.code)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as err:  # the last resort: still one line, never a traceback
+        from aiormq.exceptions import AMQPError
+
+        if isinstance(err, AMQPError | ConnectionError):
+            _die(f"lost the connection to RabbitMQ: {_reason(err)}", EXIT_UNAVAILABLE)
+        _die(f"{type(err).__name__}: {err}", 1)
+
+
+def _die(message: str, code: int) -> NoReturn:
+    typer.echo(f"dockhand: {message}", err=True)
+    raise typer.Exit(code)
+
+
 def main() -> None:
-    app()
+    app(prog_name="dockhand")
+
+
+if __name__ == "__main__":
+    main()

@@ -97,6 +97,8 @@ class EventStream:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._tasks:
+            return
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read_forever()), loop.create_task(self._process_forever())]
 
@@ -105,6 +107,10 @@ class EventStream:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        self.state.connected = False
+        # A later start (re-elected leader) begins with a reconcile, not with stale events.
+        while not self.queue.empty():
+            self.queue.get_nowait()
 
     # --- reader: never waits on the broker ------------------------------------------------------
 

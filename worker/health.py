@@ -49,6 +49,7 @@ class HealthMonitor:
         self.docker = DockerHealth(reachable=True)
         self._started = time.monotonic()
         self._task: asyncio.Task[None] | None = None
+        self.is_leader: Callable[[], bool] = lambda: True
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -83,8 +84,8 @@ class HealthMonitor:
     def _derive(self) -> HealthStatus:
         if not self.docker.reachable:
             return "unhealthy"
-        if not self.stream.connected:
-            return "degraded"
+        if self.is_leader() and not self.stream.connected:
+            return "degraded"  # a standby runs no event stream: that is not a fault
         return "healthy"
 
     async def _containers_running(self) -> int | None:
@@ -125,6 +126,7 @@ class HealthMonitor:
             host_id=self.settings.host_id,
             worker_id=self.settings.effective_worker_id,
             status=self.status or self._derive(),
+            role="active" if self.is_leader() else "standby",
             time=utcnow(),
             uptime_s=round(time.monotonic() - self._started, 3),
             version=self.version,

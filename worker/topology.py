@@ -82,6 +82,11 @@ class Topology:
             f"{self.settings.exchange_prefix}.commands.dead", queue_type=QueueType.QUORUM, routing_key="#"
         )
 
+    @property
+    def leader_lock(self) -> str:
+        """The exclusive queue whose holder publishes this host's events (see leadership.py)."""
+        return f"{self.settings.exchange_prefix}.leader.{self.settings.host_id}"
+
     def result_key(self, command_type: str, status: str) -> str:
         return f"{self.settings.host_id}.{command_type}.{status}"
 
