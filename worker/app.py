@@ -59,13 +59,6 @@ def _document_outputs(broker: RabbitBroker, topology: Topology, host: str) -> No
         )
 
 
-def _async(fn: Any) -> Any:
-    async def call() -> None:
-        fn()
-
-    return call
-
-
 def create_app(settings: Settings | None = None, telemetry: Telemetry | None = None) -> FastStream:
     """Build the worker for one configuration (``python -m worker`` runs it)."""
     settings = settings or Settings()
@@ -165,12 +158,24 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
             __version__,
         )
         telemetry.observe("dockhand.events.lag", "Docker event to processing", "ms", lambda: stream.state.lag_ms)
-        leadership = Leadership(
-            settings.amqp_url,
-            topology.leader_lock,
-            on_elected=_async(stream.start),
-            on_demoted=stream.stop,
-        )
+
+        async def activate() -> None:
+            dispatcher.active = True
+            for subscriber in broker.subscribers:
+                await subscriber.start()
+            stream.start()
+
+        async def stand_by() -> None:
+            dispatcher.active = False
+            for subscriber in broker.subscribers:
+                await subscriber.stop()
+            await stream.stop()
+
+        # One active worker per host: the leader consumes commands (host and `any` queues) and
+        # publishes events; standbys wait. Subscribers started with the broker stop until then.
+        for subscriber in broker.subscribers:
+            await subscriber.stop()
+        leadership = Leadership(settings.amqp_url, topology.leader_lock, on_elected=activate, on_demoted=stand_by)
         health.is_leader = lambda: leadership.leader
         background.update(stream=stream, health=health, leadership=leadership)
         leadership.start()

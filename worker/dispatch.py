@@ -224,6 +224,7 @@ class Dispatcher:
         self.counters = Counters()
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._draining = False
+        self.active = True  # the app clears it while this worker is a standby (see leadership.py)
         self.worker_id = settings.effective_worker_id
 
     # --- intake (synchronous: preserves delivery order) -----------------------------------
@@ -237,6 +238,10 @@ class Dispatcher:
         self._order.admit(raw.channel, raw.delivery_tag, lambda: self._enter(body, message, context))
 
     def _enter(self, body: bytes, message: RabbitMessage, context: contextvars.Context | None = None) -> None:
+        if not self.active:
+            # Delivered while this worker is (becoming) a standby: give it back, untouched.
+            self.lanes.submit(None, lambda: message.nack(requeue=True))
+            return
         received = utcnow()
         routing_key = message.raw_message.routing_key or ""
         try:

@@ -8,8 +8,10 @@ volumes carrying this host's managed labels are changed; anything else is ``forb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
@@ -52,6 +54,8 @@ from .labels import Labels
 from .policy import Policy, image_registry
 from .settings import Settings
 from .telemetry import Telemetry
+
+log = logging.getLogger("dockhand.docker")
 
 T = TypeVar("T")
 JSON = dict[str, Any]
@@ -245,9 +249,10 @@ class DockerOps:
 
         image = await self.ensure_image(p.image, p.pull, p.registry_auth)
         network = p.network or self.settings.default_network
-        await self.ensure_network(NetworkEnsure(name=network))
+        # By id from here on: a name can be briefly ambiguous (see _deduplicate_network).
+        network_id = (await self.ensure_network(NetworkEnsure(name=network))).network_id
         await self._ensure_volumes(p)
-        config = self._container_config(p, image, wanted, network, await self._cpu_cap())
+        config = self._container_config(p, image, wanted, network, await self._cpu_cap(), network_id)
         name = self.container_name(p.workspace_id)
         try:
             await self.call(
@@ -288,7 +293,9 @@ class DockerOps:
             self._host_cpus = int(info.get("NCPU") or 1)
         return min(self.settings.max_cpus, float(self._host_cpus))
 
-    def _container_config(self, p: WorkspaceCreate, image: JSON, wanted: str, network: str, cpu_cap: float) -> JSON:
+    def _container_config(
+        self, p: WorkspaceCreate, image: JSON, wanted: str, network: str, cpu_cap: float, network_id: str
+    ) -> JSON:
         s = self.settings
         image_ports = sorted(((image.get("Config") or {}).get("ExposedPorts") or {}).keys())
         ports = [str(port) for port in p.ports] if p.ports is not None else image_ports
@@ -332,7 +339,7 @@ class DockerOps:
             "CapAdd": [c.removeprefix("CAP_") for c in p.cap_add] or None,
             "ReadonlyRootfs": p.read_only,
             "RestartPolicy": {"Name": p.restart_policy},
-            "NetworkMode": network,
+            "NetworkMode": network_id,
             "Mounts": mounts,
             "PortBindings": {port: [{"HostIp": s.publish_host_ip, "HostPort": ""}] for port in ports},
         }
@@ -342,7 +349,7 @@ class DockerOps:
             "Labels": labels,
             "ExposedPorts": {port: {} for port in ports},
             "HostConfig": host_config,
-            "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": [p.workspace_id]}}},
+            "NetworkingConfig": {"EndpointsConfig": {network_id: {"Aliases": [p.workspace_id]}}},
         }
         if p.command is not None:
             config["Cmd"] = p.command
@@ -527,15 +534,40 @@ class DockerOps:
     # --- networks ------------------------------------------------------------------------
 
     async def _inspect_network(self, name: str) -> JSON | None:
-        info = await self.maybe(
-            "network.inspect",
-            lambda: DockerNetwork(self.docker, name).show(),
-            subject=f"network {name} on {self.host_id}",
-        )
+        subject = f"network {name} on {self.host_id}"
+        try:
+            info = await self.maybe("network.inspect", lambda: DockerNetwork(self.docker, name).show(), subject=subject)
+        except DockhandError as exc:
+            if "ambiguous" not in exc.message:
+                raise
+            info = await self._deduplicate_network(name)
         # Docker also matches an id prefix; only an exact name counts.
         if info is None or (info.get("Name") != name and info.get("Id") != name):
             return None
         return info
+
+    async def _deduplicate_network(self, name: str) -> JSON | None:
+        """Two processes (a worker and its standby) may create one network at the same moment,
+        and Docker's duplicate check is not atomic. Keep the oldest — every process picks the
+        same one — and remove the empty managed duplicates."""
+        subject = f"network {name} on {self.host_id}"
+        listed: list[JSON] = await self.call(
+            "network.list", lambda: self.docker.networks.list(filters={"name": [name]}), subject=subject
+        )
+        same = sorted((n for n in listed if n.get("Name") == name), key=lambda n: (n.get("Created", ""), n["Id"]))
+        if not same:
+            return None
+        keep, *others = same
+        for other in others:
+            info = await self.maybe("network.inspect", DockerNetwork(self.docker, other["Id"]).show, subject=subject)
+            if info and self.labels.is_managed_by(info.get("Labels"), self.host_id) and not info.get("Containers"):
+                with contextlib.suppress(DockhandError):  # another process removed it first
+                    await self.call("network.delete", DockerNetwork(self.docker, other["Id"]).delete, subject=subject)
+        log.warning("%s existed %d times (a create race); kept %s", subject, len(same), keep["Id"][:12])
+        result: JSON | None = await self.maybe(
+            "network.inspect", DockerNetwork(self.docker, keep["Id"]).show, subject=subject
+        )
+        return result
 
     async def ensure_network(self, p: NetworkEnsure) -> NetworkEnsured:
         subject = f"network {p.name} on {self.host_id}"
