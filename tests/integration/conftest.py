@@ -313,9 +313,9 @@ async def client(worker: WorkerProcess, session_id: str) -> AsyncIterator[Client
 
 
 @contextlib.asynccontextmanager
-async def connect_client(worker: WorkerProcess, session_id: str) -> AsyncIterator[Client]:
+async def connect_client(worker: WorkerProcess, session_id: str, amqp_url: str = AMQP_URL) -> AsyncIterator[Client]:
     """A :class:`Client` for ``worker`` (the ``client`` fixture, for tests with their own workers)."""
-    connection = await aio_pika.connect(AMQP_URL)
+    connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
         commands = await channel.get_exchange(f"{worker.prefix}.commands", ensure=False)
