@@ -147,11 +147,21 @@ class Discovery:
 
     # --- incremental ------------------------------------------------------------------------
 
-    async def on_container_event(self, action: str, container_id: str, attributes: dict[str, str]) -> None:
+    def wants_inspect(self, action: str, attributes: dict[str, str]) -> bool:
+        """Whether handling this event will start with an inspect (so it can be started early)."""
+        return action == "start" and is_enabled(attributes, self.names)
+
+    async def on_container_event(
+        self,
+        action: str,
+        container_id: str,
+        attributes: dict[str, str],
+        inspected: Awaitable[dict[str, Any] | None] | None = None,
+    ) -> None:
         if not is_enabled(attributes, self.names) and container_id not in self.services:
             return  # not a discovery container: no inspect, no work
         if action == "start":
-            await self._appear(container_id, attributes)
+            await self._appear(container_id, attributes, inspected)
         elif action in {"die", "stop", "destroy"}:
             await self._disappear(container_id)
         elif action.startswith("health_status"):
@@ -174,21 +184,23 @@ class Discovery:
         ):
             await self._refresh(container_id)
 
-    async def _inspect(self, container_id: str) -> dict[str, Any] | None:
+    async def inspect(self, container_id: str) -> dict[str, Any] | None:
         container = self.ops.docker.containers.container(container_id)
         info: dict[str, Any] | None = await self.ops.maybe(
             "container.inspect", container.show, subject=f"container {container_id[:12]} on {self.host_id}"
         )
         return info
 
-    async def _appear(self, container_id: str, attributes: dict[str, str]) -> None:
-        info = await self._inspect(container_id) or _from_event(container_id, attributes)
+    async def _appear(
+        self, container_id: str, attributes: dict[str, str], inspected: Awaitable[dict[str, Any] | None] | None = None
+    ) -> None:
+        info = await (inspected or self.inspect(container_id)) or _from_event(container_id, attributes)
         if info["State"].get("Running") and self._waiting_for_health(info):
             return
         await self._settle(container_id, info)
 
     async def _refresh(self, container_id: str) -> None:
-        info = await self._inspect(container_id)
+        info = await self.inspect(container_id)
         if info is None or not info["State"].get("Running"):
             return  # stopping: die/stop/destroy will say so
         if self._waiting_for_health(info):

@@ -248,10 +248,18 @@ class EventStream:
         self.state.lag_ms = round((received - time_nano / 1e9) * 1000, 3)
         if kind == "container":
             container_id = actor.get("ID") or event.get("id") or ""
-            # The event first, then the discovery change it causes: consumers see cause, then effect.
-            if action in PUBLISHED_CONTAINER_ACTIONS or action in HEALTH_ACTIONS:
-                await self._publish_container(event, action, container_id, attributes, when)
-            await self.discovery.on_container_event(action, container_id, attributes)
+            # The inspect a new service needs runs while the event is being published (latency),
+            # but the event is published first: consumers see cause, then effect.
+            inspected = None
+            if self.discovery.wants_inspect(action, attributes):
+                inspected = asyncio.ensure_future(self.discovery.inspect(container_id))
+            try:
+                if action in PUBLISHED_CONTAINER_ACTIONS or action in HEALTH_ACTIONS:
+                    await self._publish_container(event, action, container_id, attributes, when)
+                await self.discovery.on_container_event(action, container_id, attributes, inspected)
+            finally:
+                if inspected is not None and not inspected.done():
+                    inspected.cancel()
         elif kind == "network" and action in NETWORK_ACTIONS:
             container_id = attributes.get("container")
             await self._publish_network(event, action, attributes, when)
