@@ -108,9 +108,17 @@ def run() -> None:
     from .logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_json, settings.host_id)
+    from aiormq.exceptions import AMQPConnectionError, ProbableAuthenticationError
+
     from .app import create_app
 
-    asyncio.run(create_app(settings).run())
+    try:
+        asyncio.run(create_app(settings).run())
+    except ProbableAuthenticationError as err:
+        _die(f"RabbitMQ at {mask_url(settings.amqp_url)} refused the login: {_reason(err)}", EXIT_UNAVAILABLE)
+    except AMQPConnectionError as err:
+        # At start-up only: once connected, the broker connection reconnects by itself.
+        _die(f"cannot reach RabbitMQ at {mask_url(settings.amqp_url)}: {_reason(err)}", EXIT_UNAVAILABLE)
 
 
 @app.command()
@@ -198,6 +206,8 @@ def _describe_error(command_type: str, error: Any) -> str:
 
 
 class HostTarget:
+    """The two ``--host`` values that are not host ids (contract: routing key targets)."""
+
     ANY = "any"
     ALL = "all"
 
@@ -565,6 +575,8 @@ def format_event(routing_key: str, body: Any) -> str:
 def _heartbeat(body: dict[str, Any]) -> str:
     docker = body.get("docker") or {}
     parts = [str(body.get("status"))]
+    if body.get("role") == "standby":  # a hot standby: its worker id tells the replicas apart
+        parts.append(f"standby {body.get('worker_id')}")
     if docker.get("reachable"):
         parts.append(f"docker {docker.get('version')}")
         if isinstance(docker.get("latency_ms"), int | float):
@@ -602,7 +614,8 @@ def events(
     """Print events and heartbeats as they come, one line each, until Ctrl-C.
 
     Binds an exclusive queue to <prefix>.events (<host>.container.#, .network.#, .discovery.#)
-    and <prefix>.health (<host>.heartbeat).
+    and <prefix>.health (<host>.heartbeat). It declares those two exchanges as the worker
+    does, so it may start before the worker.
     """
     with _errors():
         if host is not None and not _HOST_ID.match(host):
@@ -744,7 +757,8 @@ def _errors() -> Iterator[None]:
 
 def _die(message: str, code: int) -> NoReturn:
     typer.echo(f"dockhand: {message}", err=True)
-    raise typer.Exit(code)
+    # SystemExit rather than typer.Exit: `python -m worker` calls run() without typer.
+    raise SystemExit(code)
 
 
 def main() -> None:
