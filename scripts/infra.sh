@@ -376,8 +376,14 @@ main() {
         push_test_image
         write_env
         ;;
+    services)
+        # Only what the worker itself needs (scripts/run): no test image, no registry.
+        ensure_packages
+        ensure_dockerd
+        ensure_rabbitmq
+        ;;
     stop) stop_registry ;;
-    *) die "usage: $0 [up|stop]" ;;
+    *) die "usage: $0 [up|services|stop]" ;;
     esac
 }
 
