@@ -10,7 +10,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 from faststream import AckPolicy, FastStream
-from faststream.rabbit import RabbitBroker, RabbitMessage
+from faststream.rabbit import RabbitBroker
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 from faststream.rabbit.schemas import Channel
 from faststream.specification import AsyncAPI
@@ -37,10 +37,11 @@ log = logging.getLogger("dockhand")
 DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
 
 
-async def _raw_body(message: Any, original: Any) -> bytes:
-    """Hand the handler the body untouched: validation (and rejection) is the dispatcher's."""
-    body: bytes = message.body
-    return body
+async def _as_is(message: Any, original: Any) -> Any:
+    """Hand the handler the message itself, body untouched: validation (and rejection) is the
+    dispatcher's. (A handler parameter resolved from FastStream's context would cost a thread
+    hop per delivery: about a tenth of a millisecond of CPU per command.)"""
+    return message
 
 
 def _document_outputs(broker: RabbitBroker, topology: Topology, host: str) -> None:
@@ -93,8 +94,8 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
 
         return publish_and_count
 
-    async def on_command(body: bytes, message: RabbitMessage) -> None:
-        dispatcher.submit(body, message)
+    async def on_command(message: Any) -> None:
+        dispatcher.submit(message.body, message)
 
     for queue, description in (
         (topology.host_queue, f"Commands for host {settings.host_id} (bound `<host>.#` and `all.#`)"),
@@ -106,7 +107,7 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
             ack_policy=AckPolicy.MANUAL,
             # Bounded backlog per queue; the concurrency itself is the dispatcher's semaphore.
             channel=Channel(prefetch_count=settings.prefetch),
-            decoder=_raw_body,
+            decoder=_as_is,
             no_reply=True,
             title=queue.name,
             description=description,

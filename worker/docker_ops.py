@@ -128,10 +128,19 @@ class DockerOps:
             )
         try:
             with self.telemetry.docker_call(operation, subject):
+                attempts = self.settings.docker_retry_attempts
+                # The first attempt goes straight through: the retry machinery costs more than
+                # a fast Docker call, and is only needed once something failed. (Under
+                # stamina's testing mode the tests decide the attempts: all go through it.)
+                if not stamina.is_testing():
+                    try:
+                        return await fn()
+                    except Exception as first:
+                        if not is_transient(first) or attempts < 2:
+                            raise
+                    attempts -= 1
                 async for attempt in stamina.retry_context(
-                    on=is_transient,
-                    attempts=self.settings.docker_retry_attempts,
-                    timeout=self.settings.docker_retry_timeout_s,
+                    on=is_transient, attempts=attempts, timeout=self.settings.docker_retry_timeout_s
                 ):
                     with attempt:
                         return await fn()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import stamina
 from faststream.rabbit import RabbitExchange
 
 from schemas import WireModel
+
+log = logging.getLogger("dockhand.publish")
 
 if TYPE_CHECKING:
     from faststream.rabbit import RabbitBroker
@@ -26,7 +29,15 @@ class Publisher:
 
         ``mandatory=False``: an exchange with no bound queue is not an error.
         """
-        async for attempt in stamina.retry_context(on=Exception, attempts=self._attempts, timeout=self._timeout_s):
+        attempts = self._attempts
+        if not stamina.is_testing():  # the first attempt without the retry machinery: it usually succeeds
+            try:
+                await self.broker.publish(payload, mandatory=False, content_type="application/json", **options)
+                return
+            except Exception as exc:
+                log.warning("publish failed (%s: %s); retrying", type(exc).__name__, exc)
+            attempts -= 1
+        async for attempt in stamina.retry_context(on=Exception, attempts=attempts, timeout=self._timeout_s):
             with attempt:
                 await self.broker.publish(payload, mandatory=False, content_type="application/json", **options)
 

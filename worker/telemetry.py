@@ -142,10 +142,17 @@ def from_environment(settings: Settings) -> Telemetry:
     prometheus = PrometheusMetricReader()
     readers: list[MetricReader] = [prometheus] + ([metric_reader] if metric_reader else [])
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    console = os.environ.get("OTEL_TRACES_EXPORTER", "").lower() == "console"
+    if span_exporter is None and not console:
+        # Nothing would export a span: the no-op tracer still carries an incoming traceparent
+        # on to the result, without the cost of recording spans nobody reads.
+        telemetry = Telemetry(settings.host_id, None, meter_provider)
+        telemetry.own(meter_provider)
+        return telemetry
     tracer_provider = TracerProvider(resource=resource)
     if span_exporter is not None:
         tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
-    if os.environ.get("OTEL_TRACES_EXPORTER", "").lower() == "console":
+    if console:
         tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     telemetry = Telemetry(settings.host_id, tracer_provider, meter_provider)
     telemetry.own(tracer_provider)

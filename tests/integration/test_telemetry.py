@@ -195,7 +195,13 @@ async def test_http_endpoints_metrics_and_readiness(workers: WorkerFactory, sess
             async with connect_client(worker, session_id) as client:
                 for _ in range(3):
                     assert (await client.send("host.info"))["status"] == "succeeded"
-                missing = await client.send("workspace.inspect", {"workspace_id": "nope"})
+                # With a traceparent, so the log line can name the trace.
+                body = client.command("workspace.inspect", {"workspace_id": "nope"})
+                missing = await client.reply(
+                    await client.publish(
+                        body, f"{worker.host_id}.workspace.inspect", headers={"traceparent": TRACEPARENT}
+                    )
+                )
                 assert missing["status"] == "failed"
             status, metrics = await asyncio.to_thread(_get, f"{base}/metrics")
             assert status == 200
@@ -223,7 +229,7 @@ async def test_http_endpoints_metrics_and_readiness(workers: WorkerFactory, sess
             assert outcome["workspace_id"] == "nope"
             assert outcome["host_id"] == worker.host_id
             assert outcome["status"] == "failed"
-            assert len(outcome["trace_id"]) == 32
+            assert outcome["trace_id"] == TRACE_ID  # carried on even with no exporter configured
 
             await asyncio.to_thread(daemon.stop)
             for _ in range(50):
