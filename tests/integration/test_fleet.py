@@ -4,6 +4,7 @@ host B on a second dockerd). Routing by host, `any` and `all`; standby takeover 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -102,10 +103,15 @@ async def test_host_any_and_all_routing(fleet: Fleet) -> None:
     # all.<type>: every host answers once (the standby shares host A's queue: not twice).
     body = client.command("image.inspect", {"image": TEST_IMAGE})
     correlation = await client.publish(body, "all.image.inspect")
-    answers = [await client.reply(correlation), await client.reply(correlation)]
-    assert sorted(a["host_id"] for a in answers) == sorted([fleet.a.host_id, fleet.b.host_id])
+    answers = []
+    with contextlib.suppress(AssertionError):  # until no more arrive
+        while True:
+            answers.append(await client.reply(correlation, timeout=3))
+    hosts = [a["host_id"] for a in answers]
+    # Every host of the prefix (the session's own worker too, when it runs), each exactly once.
+    assert len(hosts) == len(set(hosts)), hosts
+    assert {fleet.a.host_id, fleet.b.host_id} <= set(hosts), hosts
     assert all(a["status"] == "succeeded" for a in answers)
-    await client.no_reply(correlation, wait=1.0)
 
 
 async def test_standby_takes_over_within_5_s_and_the_in_flight_command_completes_once(fleet: Fleet) -> None:
