@@ -1,0 +1,1 @@
+"""Peers that dockhand is measured against (see bench/README.md)."""
