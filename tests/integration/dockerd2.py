@@ -29,10 +29,11 @@ what they are:
 * **The bridge needs an IPv4 address.** ``--bridge`` only accepts an existing device
   (``ip link add br-<name> type bridge``), and ``--bip`` cannot be combined with it. When the
   device has no address, dockerd takes the first of its default pools not overlapping a host route
-  (172.18.0.0/16 here) and puts it on the bridge. Instead each instance gets a /24 outside docker's
-  default pools (172.17-31.0.0/16 and 192.168.0.0/16, which the primary draws its user-defined
-  networks from -- it was seen handing out 192.168.224.0/20) and outside 10/8: by default the first
-  /24 of 172.16.0.0/16 that no host route or nameserver overlaps. It is put on the device before
+  (the second /16 of the 172 block here) and puts it on the bridge. Instead each instance gets a
+  /24 outside docker's default pools (the rest of that block and the 192 block, which the primary
+  draws its user-defined networks from) and outside the 10 block: by default the first /24 of
+  ``DEFAULT_SUBNET_BASE`` that no host route or nameserver overlaps. The addresses stay on this
+  machine's own bridge; tests reach containers only through ports published on 127.0.0.1. It is put on the device before
   dockerd starts, under a lock file, so the route claims it and concurrent sessions get different
   ones; dockerd keeps it across restarts. User-defined networks on this daemon still come from the
   default pools; both daemons skip subnets that overlap an existing host route when picking one.
@@ -89,7 +90,7 @@ from types import TracebackType
 
 __all__ = ["DockerdError", "SecondDockerd", "unique_name"]
 
-# Outside docker's default address pools (172.17-31.0.0/16, 192.168.0.0/16) and 10/8.
+# The first /16 of the 172 block: outside docker's default address pools and the 10 block.
 DEFAULT_SUBNET_BASE = ipaddress.IPv4Network("172.16.0.0/16")
 BLOCK_PREFIX = 24
 PRIMARY_BRIDGE = Path("/sys/class/net/docker0")
