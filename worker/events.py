@@ -207,7 +207,8 @@ class EventStream:
                 # reconcile repairs discovery state.
                 log.exception("event processing failed")
                 if not isinstance(item, Reconcile):
-                    self._overflowed = True
+                    # Repair now, not at the next event: a reconcile retries until it works.
+                    self._enqueue(Reconcile("resync"))
 
     async def _reconcile(self, reason: Literal["startup", "resync", "periodic"]) -> None:
         """A full reconcile is never skipped: it is how a gap is repaired. Retry until it works

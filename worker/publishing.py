@@ -19,13 +19,15 @@ if TYPE_CHECKING:
 class Publisher:
     """Confirmed, retried publishing of wire models (results, events, heartbeats)."""
 
-    def __init__(self, broker: RabbitBroker, *, attempts: int = 5, timeout_s: float = 30.0) -> None:
+    def __init__(self, broker: RabbitBroker, *, attempts: int | None = None, timeout_s: float = 30.0) -> None:
         self.broker = broker
         self._attempts = attempts
         self._timeout_s = timeout_s
 
     async def confirmed(self, payload: bytes, **options: Any) -> None:
-        """Publish and wait for the broker's confirm; retry a failed publish (bounded).
+        """Publish and wait for the broker's confirm; retry a failed publish, with backoff, for up
+        to ``timeout_s`` (a broker restart takes seconds: a count of quick attempts would not
+        outlast it).
 
         ``mandatory=False``: an exchange with no bound queue is not an error.
         """
@@ -36,7 +38,7 @@ class Publisher:
                 return
             except Exception as exc:
                 log.warning("publish failed (%s: %s); retrying", type(exc).__name__, exc)
-            attempts -= 1
+            attempts = attempts - 1 if attempts is not None else None
         async for attempt in stamina.retry_context(on=Exception, attempts=attempts, timeout=self._timeout_s):
             with attempt:
                 await self.broker.publish(payload, mandatory=False, content_type="application/json", **options)

@@ -186,7 +186,8 @@ async def test_heartbeats_arrive_on_time_with_counters(workers: WorkerFactory) -
             times = [t for key, body, t in log.items if key.endswith("heartbeat") and mine(body)][settled + 1 :]
             gaps = [b - a for a, b in itertools.pairwise(times)]
             assert all(0.5 < gap < 2.0 for gap in gaps), gaps
-            assert all(b["status"] == "healthy" for b in beats)
+            # (A start-up beat may say "degraded": elected, event stream not connected yet.)
+            assert all(b["status"] == "healthy" for b in beats[settled:])
             beat = beats[-1]
             assert beat["docker"]["reachable"] is True
             assert beat["docker"]["api_version"]
