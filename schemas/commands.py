@@ -8,10 +8,9 @@ host namespaces, devices) have no field at all, so they cannot even be expressed
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, StringConstraints, TypeAdapter, field_validator, model_validator
+from pydantic import AwareDatetime, Field, SecretStr, StringConstraints, TypeAdapter, field_validator, model_validator
 
 from ._base import (
     AbsPath,
@@ -38,12 +37,48 @@ _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 WorkspaceState = Literal["created", "running", "paused", "restarting", "removing", "exited", "dead"]
 
 
+MAX_PORTS = 64
+"""At most this many container ports are published per workspace (``ports`` or the image's EXPOSE)."""
+MIN_CPUS = 0.01
+"""Docker's smallest CPU limit (``NanoCpus`` 10 000 000)."""
+MIN_MEMORY_BYTES = 6 * 1024 * 1024
+"""Docker's smallest memory limit."""
+
+# Mount targets that would replace what the runtime itself mounts (the kernel's views of
+# processes, devices and sysfs) or the root filesystem: runc refuses some only at start,
+# after the container exists, and the rest would change what the container can see.
+_RUNTIME_TARGETS = ("/proc", "/sys", "/dev")
+# A bigger shared-memory tmpfs is an ordinary request (a mount target, not a temp file).
+_ALLOWED_UNDER_RUNTIME = ("/dev/shm",)  # noqa: S108
+
+
 def _normalise_port(value: int | str) -> str:
     text = str(value)
     number, _, proto = text.partition("/")
     if not 1 <= int(number) <= 65535:
         raise ValueError(f"port {number} is outside 1..65535")
+    if proto == "sctp":
+        # Docker 20.10 publishes through its userland proxy, which has no SCTP: the container
+        # would be created and then fail to start ("protocol not supported").
+        raise ValueError(f"port {text}: sctp ports cannot be published (Docker's proxy has no SCTP); use tcp or udp")
     return f"{int(number)}/{proto or 'tcp'}"
+
+
+def normalise_target(target: str) -> str:
+    """A mount target the way Docker cleans it (Go's ``path.Clean``): one leading slash,
+    no ``.``/``..``/empty components, no trailing slash."""
+    parts: list[str] = []
+    for part in target.split("/"):
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part not in {"", "."}:
+            parts.append(part)
+    return "/" + "/".join(parts)
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + "/")
 
 
 class RegistryAuth(WireModel):
@@ -61,9 +96,26 @@ class Mount(WireModel):
     source: Annotated[str, StringConstraints(max_length=1024)] | None = None
     target: AbsPath
     read_only: bool = False
+    # Who besides the creating workspace may mount a named volume this create makes: "project"
+    # = other workspaces of the same `project` on this host. Applied when the volume is made.
+    share: Literal["none", "project"] = "none"
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        target = normalise_target(value)
+        if target == "/":
+            raise ValueError(f"mount target {value!r} is the root filesystem")
+        if any(_within(target, root) for root in _RUNTIME_TARGETS) and not any(
+            _within(target, allowed) for allowed in _ALLOWED_UNDER_RUNTIME
+        ):
+            raise ValueError(f"mount target {value!r} is under /proc, /sys or /dev, which the runtime mounts itself")
+        return target
 
     @model_validator(mode="after")
     def _source(self) -> Mount:
+        if self.share != "none" and self.type != "volume":
+            raise ValueError("only a named volume can be shared")
         if self.type == "tmpfs":
             if self.source is not None:
                 raise ValueError("a tmpfs mount takes no source")
@@ -79,8 +131,10 @@ class Mount(WireModel):
 class Resources(WireModel):
     """Requested limits; missing ones take the configured defaults, all are capped at the maxima."""
 
-    cpus: float | None = Field(default=None, gt=0, le=1024)
-    memory_bytes: int | None = Field(default=None, ge=6 * 1024 * 1024, le=2**50)
+    # Docker's own minima: 0.01 CPU (a smaller NanoCpus would round to 0 = no limit at all) and
+    # 6 MiB of memory; a pids limit of 0 or less would also mean "unlimited".
+    cpus: float | None = Field(default=None, ge=MIN_CPUS, le=1024, allow_inf_nan=False)
+    memory_bytes: int | None = Field(default=None, ge=MIN_MEMORY_BYTES, le=2**50)
     pids: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
@@ -102,7 +156,7 @@ class WorkspaceCreate(WireModel):
     entrypoint: list[Arg] | None = Field(default=None, max_length=1024)
     env: dict[EnvKey, EnvValue] = Field(default_factory=dict, max_length=512)
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=256)
-    ports: list[int | PortString] | None = Field(default=None, max_length=64)
+    ports: list[int | PortString] | None = Field(default=None, max_length=MAX_PORTS)
     network: DockerName | None = None
     mounts: list[Mount] = Field(default_factory=list, max_length=64)
     resources: Resources = Field(default_factory=Resources)
@@ -129,9 +183,25 @@ class WorkspaceCreate(WireModel):
     @classmethod
     def _network(cls, value: str | None) -> str | None:
         # Host and none networks would escape isolation; container:<id> is not a name at all.
-        if value in {"host", "none"}:
+        # Docker's own names are matched in any case ("HOST" must not slip past either).
+        if value is not None and value.lower() in {"host", "none"}:
             raise ValueError(f"network {value!r} is not allowed")
         return value
+
+    @field_validator("mounts")
+    @classmethod
+    def _mounts(cls, value: list[Mount]) -> list[Mount]:
+        targets = [m.target.rstrip("/") or "/" for m in value]
+        duplicate = next((t for t in targets if targets.count(t) > 1), None)
+        if duplicate is not None:
+            raise ValueError(f"two mounts on one target {duplicate!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _shared_volumes(self) -> WorkspaceCreate:
+        if self.project is None and any(m.share == "project" for m in self.mounts):
+            raise ValueError('a volume shared with "project" needs the workspace\'s project')
+        return self
 
 
 class WorkspaceRef(WireModel):
@@ -179,7 +249,7 @@ class WorkspaceLogs(WireModel):
 
     workspace_id: WorkspaceId
     tail: int = Field(default=100, ge=0, le=10_000)
-    since: datetime | None = None
+    since: AwareDatetime | None = None
 
 
 class NetworkEnsure(WireModel):
@@ -194,7 +264,7 @@ class NetworkEnsure(WireModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if value in {"host", "none", "bridge"}:
+        if value.lower() in {"host", "none", "bridge"}:
             raise ValueError(f"network {value!r} is reserved")
         return value
 
@@ -244,7 +314,8 @@ class CommandBase(WireModel):
     """Fields every command carries."""
 
     command_id: CommandId
-    expires_at: datetime | None = None
+    # Aware only: a time without a zone is ambiguous (and cannot be compared with UTC now).
+    expires_at: AwareDatetime | None = None
 
 
 class WorkspaceCreateCommand(CommandBase):

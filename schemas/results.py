@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     DOCKER_UNAVAILABLE = "docker_unavailable"
     TIMEOUT = "timeout"
     INTERNAL = "internal"
+    CAPACITY = "capacity"  # v1.1: the host is at a limit now; retryable (later, or another host)
 
 
 class ErrorInfo(WireModel):
@@ -68,6 +69,7 @@ class Workspace(WireModel):
     labels: dict[str, str] = Field(default_factory=dict)
     project: str | None = None
     stage: str | None = None
+    owner: str | None = Field(default=None, description="the sender that created it (tenancy on), else absent")
     created_at: datetime | None = None
     started_at: datetime | None = None
 
