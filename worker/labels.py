@@ -44,13 +44,27 @@ class Labels:
     def spec_hash(self) -> str:
         return f"{self.prefix}.spec-hash"
 
+    @property
+    def volume_share(self) -> str:
+        """On a volume: who besides its creating workspace may mount it (``project``)."""
+        return f"{self.prefix}.volume.share"
+
+    @property
+    def owner(self) -> str:
+        """``<prefix>.owner``: the sender that created the object (tenancy on)."""
+        return f"{self.prefix}.owner"
+
     def discovery(self, name: str) -> str:
         """``<discovery prefix>.<name>``: enabled, domain, port, description, network."""
         return f"{self.discovery_prefix}.{name}"
 
     def reserved(self, key: str) -> bool:
-        """Whether a user label would collide with labels dockhand writes itself."""
-        return any(key == p or key.startswith(p + ".") for p in (self.prefix, self.discovery_prefix))
+        """Whether a label would collide with labels dockhand writes itself (in any case:
+        ``Dockhand.managed`` is refused too, so nothing can be made to look like ours)."""
+        lowered = key.lower()
+        return any(
+            lowered == p or lowered.startswith(p + ".") for p in (self.prefix.lower(), self.discovery_prefix.lower())
+        )
 
     def is_managed_by(self, labels: dict[str, str] | None, host_id: str) -> bool:
         """Whether a container or network with these labels is this host's to touch."""

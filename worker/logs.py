@@ -9,6 +9,8 @@ from typing import Any
 
 from opentelemetry import trace
 
+from . import tenancy
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with any ``extra`` fields given to the log call."""
@@ -29,7 +31,8 @@ class JsonFormatter(logging.Formatter):
 
 
 class ContextFilter(logging.Filter):
-    """Adds ``host_id`` and, inside a span, ``trace_id`` to every record (JSON logs show them)."""
+    """Adds ``host_id``, inside a span ``trace_id``, and inside a command under tenancy its
+    ``sender``, to every record (JSON logs show them)."""
 
     def __init__(self, host_id: str) -> None:
         super().__init__()
@@ -40,6 +43,9 @@ class ContextFilter(logging.Filter):
         context = trace.get_current_span().get_span_context()
         if context.is_valid:
             record.trace_id = format(context.trace_id, "032x")
+        sender = tenancy.current()
+        if sender is not None:
+            record.sender = sender.user
         return True
 
 

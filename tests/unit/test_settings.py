@@ -16,9 +16,9 @@ HOST_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """No DOCKHAND_* (or DOCKER_HOST) from the developer's shell leaks into these tests."""
+    """No DOCKHAND_* (or DOCKER_HOST/_TLS_VERIFY/_CERT_PATH) from the developer's shell leaks into these tests."""
     for name in list(os.environ):
-        if name.startswith("DOCKHAND_") or name == "DOCKER_HOST":
+        if name.startswith("DOCKHAND_") or name in {"DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"}:
             monkeypatch.delenv(name)
     monkeypatch.setattr(socket, "gethostname", lambda: "test-box")
     return monkeypatch
@@ -53,6 +53,7 @@ def test_env_values_are_read(clean_env: pytest.MonkeyPatch) -> None:
 
 def test_docker_host_falls_back_to_docker_host_env(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("DOCKER_HOST", "tcp://docker:2375")
+    clean_env.setenv("DOCKHAND_DOCKER_ALLOW_PLAINTEXT_TCP", "true")  # plain TCP is refused otherwise
     assert Settings().docker_host == "tcp://docker:2375"
     clean_env.setenv("DOCKHAND_DOCKER_HOST", "unix:///run/other.sock")
     assert Settings().docker_host == "unix:///run/other.sock"
