@@ -6,6 +6,12 @@ current service set and publishes each change once: ``added`` when a service app
 enabled container's labels do not parse. Events are incremental (one inspect of the one
 container); a full list happens only at start-up, after a gap in the event stream, and
 periodically — and every full list ends in a snapshot.
+
+A domain is announced once per host: of the containers claiming it (case-insensitively), the
+oldest (created first, then the smaller id) holds it; every other claimant is ``invalid``, with
+a reason naming the holder, and is announced when it becomes the oldest remaining claim. The
+rule depends on nothing but the current containers, so the event path, a full reconcile,
+``discovery.list`` and every worker of the host agree on the holder.
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from schemas import DiscoveryEvent, DiscoverySnapshot, Service, WireModel, utcnow
 from schemas.events import InvalidService
 
-from .docker_ops import DockerOps
+from .docker_ops import DockerOps, parse_docker_time
 from .labels import Labels
 
 log = logging.getLogger("dockhand.discovery")
@@ -28,7 +35,10 @@ log = logging.getLogger("dockhand.discovery")
 _DOMAIN = re.compile(r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 _LIST_HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
 
-_LIST_KEYS = ("Id", "Names", "Labels", "State", "Status", "Ports", "NetworkSettings")
+_LIST_KEYS = ("Id", "Names", "Labels", "State", "Status", "Ports", "NetworkSettings", "Created")
+# A container known only from its event (already gone when inspected): it never outranks one
+# whose creation time is known.
+_UNKNOWN_CREATED = 2**62
 
 Publish = Callable[[str, WireModel], Awaitable[None]]
 
@@ -57,6 +67,7 @@ def from_list_entry(entry: dict[str, Any]) -> dict[str, Any]:
     return {
         "Id": entry["Id"],
         "Name": names[0],
+        "Created": entry.get("Created"),
         "Config": {"Labels": entry.get("Labels") or {}},
         "State": {
             # Docker's inspect says Running (and Paused) for a paused container.
@@ -69,6 +80,23 @@ def from_list_entry(entry: dict[str, Any]) -> dict[str, Any]:
 
 def health_of(info: dict[str, Any]) -> str | None:
     return ((info.get("State") or {}).get("Health") or {}).get("Status")
+
+
+def claim_key(info: dict[str, Any]) -> tuple[int, str]:
+    """Rank of a container's claim on its domain, smallest first: creation time in whole
+    seconds (what a list entry gives; an inspect's nanoseconds are cut to match), then id."""
+    created = info.get("Created")
+    seconds = _UNKNOWN_CREATED
+    if isinstance(created, int | float) and not isinstance(created, bool):
+        seconds = int(created)
+    elif isinstance(created, str) and (parsed := parse_docker_time(created)) is not None:
+        seconds = int(parsed.timestamp())
+    return seconds, str(info["Id"])
+
+
+def domain_key(domain: str) -> str:
+    """Domains are compared as DNS does: case-insensitively."""
+    return domain.lower()
 
 
 def parse_service(info: dict[str, Any], names: Labels) -> Service:
@@ -105,7 +133,8 @@ def parse_service(info: dict[str, Any], names: Labels) -> Service:
         container_name=info["Name"].lstrip("/"),
         domain=domain,
         port=int(raw_port),
-        description=labels.get(names.discovery("description")),
+        # Empty: an image's label the worker overrode (see DockerOps._inherited_labels).
+        description=labels.get(names.discovery("description")) or None,
         networks=networks,
         host_ports=host_ports,
         health=health_of(info),
@@ -133,8 +162,11 @@ class Discovery:
         self.names = ops.labels
         self.host_id = ops.host_id
         self.require_healthy = require_healthy
-        self.services: dict[str, Service] = {}
-        self.invalid: dict[str, str] = {}
+        self.services: dict[str, Service] = {}  # announced: at most one per domain
+        self.invalid: dict[str, str] = {}  # container id -> reason (bad labels, or a domain held by another)
+        self.claims: dict[str, _Claim] = {}  # every container whose labels parse, announced or not
+        self._claimants: dict[str, set[str]] = {}  # domain key -> ids of its claims (an index of claims)
+        self._holders: dict[str, str] = {}  # domain key -> id of the container announcing it
         self._publish = publish
 
     # --- rules ------------------------------------------------------------------------------
@@ -208,41 +240,88 @@ class Discovery:
             return
         await self._settle(container_id, info)
 
-    async def _settle(self, container_id: str, info: dict[str, Any]) -> None:
-        """Publish whatever changed for one container, given its current description."""
+    async def _settle(self, container_id: str, info: dict[str, Any], *, arbitrate: bool = True) -> set[str]:
+        """Publish whatever changed for one container, given its current description; returns
+        the domains whose holder may have changed (decided here unless ``arbitrate`` is off)."""
         try:
             service = parse_service(info, self.names)
         except InvalidLabels as exc:
+            domains = self._drop_claim(container_id)
             gone = self.services.pop(container_id, None)
             if gone is not None:
                 await self._emit("discovery.removed", gone)
-            await self._mark_invalid(container_id, info, str(exc))
+            await self._mark_invalid(container_id, info["Name"].lstrip("/"), str(exc))
+        else:
+            domains = self._drop_claim(container_id) | {domain_key(service.domain)}
+            self.claims[container_id] = _Claim(claim_key(info), service)
+            self._claimants.setdefault(domain_key(service.domain), set()).add(container_id)
+        if arbitrate:
+            for domain in sorted(domains):
+                await self._arbitrate(domain)
+        return domains
+
+    def _drop_claim(self, container_id: str) -> set[str]:
+        claim = self.claims.pop(container_id, None)
+        if claim is None:
+            return set()
+        domain = domain_key(claim.service.domain)
+        claimants = self._claimants.get(domain, set())
+        claimants.discard(container_id)
+        if not claimants:
+            self._claimants.pop(domain, None)
+        return {domain}
+
+    async def _arbitrate(self, domain: str) -> None:
+        """Announce the oldest claim of ``domain`` (only it), mark the others invalid."""
+        contenders = sorted((self.claims[c].key, c) for c in self._claimants.get(domain, ()))
+        winner = contenders[0][1] if contenders else None
+        # A displaced holder goes first: a consumer never sees two holders of one domain.
+        holder = self._holders.get(domain)
+        if holder is not None and holder != winner:
+            del self._holders[domain]
+            displaced = self.services.get(holder)
+            if displaced is not None and domain_key(displaced.domain) == domain:
+                del self.services[holder]
+                await self._emit("discovery.removed", displaced)
+        if winner is None:
             return
-        self.invalid.pop(container_id, None)
-        known = self.services.get(container_id)
-        self.services[container_id] = service
+        service = self.claims[winner].service
+        self.invalid.pop(winner, None)
+        known = self.services.get(winner)
+        self.services[winner] = service
+        self._holders[domain] = winner
         if known is None:
             await self._emit("discovery.added", service)
         elif known != service:
             await self._emit("discovery.updated", service)
+        for _, container_id in contenders[1:]:
+            reason = (
+                f"domain {service.domain} is already announced on {self.host_id} by container "
+                f"{service.container_name} ({winner[:12]}), the oldest claim"
+            )
+            await self._mark_invalid(container_id, self.claims[container_id].service.container_name, reason)
 
     async def _disappear(self, container_id: str) -> None:
         self.invalid.pop(container_id, None)
+        domains = self._drop_claim(container_id)
         service = self.services.pop(container_id, None)
         if service is not None:
             await self._emit("discovery.removed", service)
+        # The next claimant of its domain, if any, is announced now.
+        for domain in sorted(domains):
+            await self._arbitrate(domain)
 
-    async def _mark_invalid(self, container_id: str, info: dict[str, Any], reason: str) -> None:
+    async def _mark_invalid(self, container_id: str, name: str, reason: str) -> None:
         if self.invalid.get(container_id) == reason:
             return
         self.invalid[container_id] = reason
-        log.warning("container %s has invalid discovery labels: %s", info["Name"].lstrip("/"), reason)
+        log.warning("container %s has invalid discovery labels: %s", name, reason)
         event = DiscoveryEvent(
             event_id=_event_id(),
             host_id=self.host_id,
             type="discovery.invalid",
             time=utcnow(),
-            container=InvalidService(container_id=container_id, container_name=info["Name"].lstrip("/")),
+            container=InvalidService(container_id=container_id, container_name=name),
             reason=reason,
         )
         await self._publish(f"{self.host_id}.discovery.invalid", event)
@@ -259,16 +338,22 @@ class Discovery:
         """List every running discovery container, publish the differences, then a snapshot."""
         entries = await list_enabled(self.ops)
         seen: set[str] = set()
+        touched: set[str] = set()
+        # Every claim first, then one decision per domain: no transient holder in between.
         for entry in entries:
             info = from_list_entry(entry)
             if self._waiting_for_health(info):
                 continue
             seen.add(info["Id"])
-            await self._settle(info["Id"], info)
-        for container_id in [c for c in self.services if c not in seen]:
-            await self._disappear(container_id)
+            touched |= await self._settle(info["Id"], info, arbitrate=False)
+        for container_id in [c for c in self.claims if c not in seen]:
+            touched |= self._drop_claim(container_id)
+        for container_id in [c for c in self.services if c not in seen]:  # not claimed any more
+            touched.add(domain_key(self.services[container_id].domain))
         for container_id in [c for c in self.invalid if c not in seen]:
             self.invalid.pop(container_id, None)
+        for domain in sorted(touched):
+            await self._arbitrate(domain)
         services = self.current()
         snapshot = DiscoverySnapshot(
             event_id=_event_id(), host_id=self.host_id, time=utcnow(), services=services, reason=reason
@@ -279,6 +364,14 @@ class Discovery:
 
     def current(self) -> list[Service]:
         return sorted(self.services.values(), key=lambda s: (s.domain, s.container_name))
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """A container whose labels parse, and the rank of its claim on the domain."""
+
+    key: tuple[int, str]
+    service: Service
 
 
 def _event_id() -> str:
@@ -298,14 +391,24 @@ async def list_enabled(ops: DockerOps) -> list[dict[str, Any]]:
 
 
 async def list_services(ops: DockerOps, *, require_healthy: bool = False) -> list[Service]:
-    """The current service set from a fresh list (what ``discovery.list`` answers)."""
-    services = []
+    """The current service set from a fresh list (what ``discovery.list`` answers).
+
+    Under tenancy a sender sees only the services of its own workspaces; unmanaged containers
+    have no owner and are shown to admins only.
+    """
+    holders: dict[str, tuple[tuple[int, str], Service, bool]] = {}
     for entry in await list_enabled(ops):
         info = from_list_entry(entry)
         if require_healthy and health_of(info) not in (None, "healthy"):
             continue
         try:
-            services.append(parse_service(info, ops.labels))
+            service = parse_service(info, ops.labels)
         except InvalidLabels:
             continue
+        # The holder of a domain is decided among all claimants (the oldest, as Discovery does);
+        # only then is it filtered by owner.
+        key, domain = claim_key(info), domain_key(service.domain)
+        if domain not in holders or key < holders[domain][0]:
+            holders[domain] = (key, service, ops.owns(info["Config"]["Labels"]))
+    services = [service for _, service, visible in holders.values() if visible]
     return sorted(services, key=lambda s: (s.domain, s.container_name))

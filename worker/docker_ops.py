@@ -12,7 +12,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import urllib.parse
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -24,8 +27,10 @@ from aiodocker.exceptions import DockerError
 from aiodocker.networks import DockerNetwork
 from aiodocker.volumes import DockerVolume
 
-from schemas import ErrorCode, RegistryAuth, utcnow
+from schemas import ErrorCode, RegistryAuth, Status, utcnow
 from schemas.commands import (
+    MAX_PORTS,
+    Mount,
     NetworkEnsure,
     WorkspaceCreate,
     WorkspaceExec,
@@ -49,9 +54,10 @@ from schemas.results import (
     WorkspaceRemoved,
 )
 
-from .errors import DockhandError, from_exception, is_transient
+from . import exec_kill, tenancy
+from .errors import DockhandError, from_exception, is_transient, rejected
 from .labels import Labels
-from .policy import Policy, image_registry
+from .policy import Policy, binds_conflict, explicit_registry, image_registry
 from .settings import Settings
 from .telemetry import Telemetry
 
@@ -61,6 +67,31 @@ T = TypeVar("T")
 JSON = dict[str, Any]
 
 _NEVER = "0001-01-01T00:00:00Z"
+_RW = " (only two read-only binds may nest: through a writable one a workspace can redirect the other with a symlink)"
+
+NANO_CPUS_MIN = 10_000_000  # Docker's smallest CPU limit, 0.01 CPU
+
+
+def ulimits(specs: list[str]) -> list[JSON]:
+    """DOCKHAND_ULIMITS items (``name=soft[:hard]``, validated by the settings) in Docker's form."""
+    out: list[JSON] = []
+    for spec in specs:
+        name, _, limits = spec.partition("=")
+        soft, _, hard = limits.partition(":")
+        out.append({"Name": name, "Soft": int(soft), "Hard": int(hard or soft)})
+    return out
+
+
+@dataclass
+class _Made:
+    """What one create has made so far, to remove again if a later step fails."""
+
+    network: str | None = None
+    volumes: list[str] = field(default_factory=list)
+    container: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.network or self.volumes or self.container)
 
 
 def parse_docker_time(value: str | None) -> datetime | None:
@@ -77,9 +108,19 @@ def parse_docker_time(value: str | None) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
+def _listed(container: DockerContainer, key: str, default: Any) -> Any:
+    """A field of a container-list entry (DockerContainer has item access but no ``get``)."""
+    return container[key] if key in container else default  # noqa: SIM401
+
+
 def spec_hash(payload: WorkspaceCreate) -> str:
     """A stable hash of what defines a workspace; how it is pulled or started does not count."""
     spec = payload.model_dump(mode="json", exclude={"pull", "registry_auth", "start"})
+    # Fields added after v1 count only when set: a workspace made by an older worker keeps its
+    # hash, so re-sending its unchanged create still adopts it instead of a ``conflict``.
+    for mount in spec.get("mounts") or []:
+        if mount.get("share") == "none":
+            del mount["share"]
     canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
@@ -103,6 +144,9 @@ class DockerOps:
         self.host_id = settings.host_id
         self._pulls: dict[tuple[str, str | None], asyncio.Future[None]] = {}
         self._network_locks: dict[str, asyncio.Lock] = {}
+        self._attach_locks: dict[str, asyncio.Lock] = {}
+        self._bind_lock = asyncio.Lock()
+        self._docker_root_dir: str | None = None
         self._host_cpus: int | None = None
         self.available = True  # set by the health monitor's probe
 
@@ -165,10 +209,40 @@ class DockerOps:
     def _subject(self, workspace_id: str) -> str:
         return f"workspace {workspace_id} on {self.host_id}"
 
+    def _host_label_filter(self) -> list[str]:
+        return [f"{self.labels.managed}=true", f"{self.labels.host}={self.host_id}"]
+
     def _managed_labels(self, **extra: str | None) -> dict[str, str]:
         labels = {self.labels.managed: "true", self.labels.host: self.host_id}
+        sender = tenancy.current()
+        if sender is not None:
+            # Tenancy: whatever a command creates belongs to its sender.
+            labels[self.labels.owner] = sender.user
         labels.update({k: v for k, v in extra.items() if v is not None})
         return labels
+
+    def owns(self, labels: dict[str, str] | None) -> bool:
+        """Whether the running command may touch (or see) an object with these labels.
+
+        Always with tenancy off, for the worker itself and for admins; otherwise only an object
+        this host manages whose owner label is the sender (unowned objects are nobody's).
+        """
+        sender = tenancy.restricted()
+        if sender is None:
+            return True
+        labels = labels or {}
+        return self.labels.is_managed_by(labels, self.host_id) and labels.get(self.labels.owner) == sender.user
+
+    def default_network(self) -> str:
+        """The network a workspace joins when it names none.
+
+        With tenancy on, each owner gets its own (``<default>-<owner slug>``): one shared default
+        network would let every tenant's workspaces reach each other.
+        """
+        sender = tenancy.current()
+        if sender is None:
+            return self.settings.default_network
+        return f"{self.settings.default_network}-{tenancy.owner_slug(sender.user)}"
 
     async def find_workspace(self, workspace_id: str) -> JSON | None:
         """Inspect the workspace's container; ``None`` when absent, ``forbidden`` when the
@@ -187,6 +261,9 @@ class DockerOps:
                 ErrorCode.FORBIDDEN,
                 f"container {name} on {self.host_id} is not a workspace managed by this host; left untouched",
             )
+        if not self.owns(labels):
+            # Before anything else looks at it: a create must not learn the spec (no conflict).
+            raise tenancy.forbidden(self._subject(workspace_id))
         return info
 
     async def get_workspace(self, workspace_id: str) -> JSON:
@@ -230,26 +307,48 @@ class DockerOps:
             ports=ports,
             networks=networks,
             labels=labels,
-            project=labels.get(self.labels.project),
-            stage=labels.get(self.labels.stage),
+            # An empty value is an image's label we overrode (see _inherited_labels): not set.
+            project=labels.get(self.labels.project) or None,
+            stage=labels.get(self.labels.stage) or None,
+            owner=labels.get(self.labels.owner) or None,
             created_at=parse_docker_time(info.get("Created")),
             started_at=parse_docker_time(state.get("StartedAt")),
         )
 
     # --- workspaces ----------------------------------------------------------------------
 
-    def check_create(self, p: WorkspaceCreate) -> None:
-        """Policy for a create, before any Docker call."""
+    def check_create(self, p: WorkspaceCreate) -> WorkspaceCreate:
+        """Policy for a create, before any Docker call. Returns the payload with each bind
+        source replaced by its resolved host path (what Docker must be given)."""
         what = self._subject(p.workspace_id)
         self.policy.check_image(p.image)
         self.policy.check_labels(p.labels, what)
         self.policy.check_capabilities(p.cap_add, what)
+        if p.network is not None:
+            self.policy.check_network_name(p.network, what)
+        mounts: list[Mount] = []
+        binds: list[tuple[str, bool]] = []
         for mount in p.mounts:
             if mount.type == "bind" and mount.source is not None:
-                self.policy.check_bind(mount.source, what)
+                resolved = self.policy.check_bind(mount.source, what)
+                # Within one create too: a restart re-resolves every source, after the
+                # workspace could have planted a symlink through its own writable bind.
+                for other, other_ro in binds:
+                    if binds_conflict(resolved, mount.read_only, other, other_ro):
+                        raise rejected(ErrorCode.FORBIDDEN, f"{what}: bind sources {other} and {resolved} nest{_RW}")
+                binds.append((resolved, mount.read_only))
+                mount = mount.model_copy(update={"source": resolved})
+            mounts.append(mount)
+        return p.model_copy(update={"mounts": mounts})
 
     async def create_workspace(self, p: WorkspaceCreate) -> Workspace:
-        self.check_create(p)
+        """Create (and start) a workspace, all or nothing.
+
+        Everything is checked before anything is made (image, bind sources against the live
+        mounts of this host, volume ownership, the network); what this create then makes —
+        network, volumes, container — is removed again when a later step fails.
+        """
+        resolved = self.check_create(p)
         subject = self._subject(p.workspace_id)
         wanted = spec_hash(p)
         existing = await self.find_workspace(p.workspace_id)
@@ -257,31 +356,151 @@ class DockerOps:
             return await self._adopt(existing, p, wanted)
 
         image = await self.ensure_image(p.image, p.pull, p.registry_auth)
-        network = p.network or self.settings.default_network
-        # By id from here on: a name can be briefly ambiguous (see _deduplicate_network).
-        network_id = (await self.ensure_network(NetworkEnsure(name=network))).network_id
-        await self._ensure_volumes(p)
-        config = self._container_config(p, image, wanted, network, await self._cpu_cap(), network_id)
+        self.published_ports(p, image)  # an image that exposes too much is refused before anything is made
+        network = p.network or self.default_network()
+        binds = [(m.source, m.read_only) for m in resolved.mounts if m.type == "bind" and m.source is not None]
+        made = _Made()
         name = self.container_name(p.workspace_id)
-        try:
-            await self.call(
-                "container.create",
-                lambda: self.docker.containers.create(config, name=name),
-                subject=subject,
-                not_found=ErrorCode.IMAGE_NOT_FOUND,
-            )
-        except DockhandError as exc:
-            # Lost a race with another create of the same workspace (or a crash left the
-            # container behind): adopt it if it is the same spec.
-            if exc.code is not ErrorCode.CONFLICT:
-                raise
-            existing = await self.find_workspace(p.workspace_id)
-            if existing is None:
-                raise
-            return await self._adopt(existing, p, wanted)
+        # Bind-bearing creates one at a time: the check against the live mounts stays true
+        # until the container (whose mounts the next check sees) exists.
+        async with self._bind_lock if binds else contextlib.nullcontext():
+            await self._check_binds_live(binds, subject)
+            missing_volumes = await self._check_volumes(p)
+            net = await self._joinable_network(network, subject)
+            async with self._attach_lock(net["Name"] if net is not None else network):
+                try:
+                    if net is None:
+                        ensured = await self.ensure_network(NetworkEnsure(name=network))
+                        if ensured.created:
+                            made.network = ensured.network_id
+                        # By id from here on: a name can be briefly ambiguous (see _deduplicate_network).
+                        net = await self._joinable_network(ensured.network_id, subject)
+                        if net is None:
+                            raise DockhandError(ErrorCode.CONFLICT, f"{subject}: network {network} vanished")
+                    await self._check_aliases(net, [p.workspace_id, name], None, subject, workspaces=False)
+                    await self._create_volumes(missing_volumes, p, made)
+                    config = self._container_config(resolved, image, wanted, network, await self._cpu_cap(), net["Id"])
+                    try:
+                        container = await self._refused_is_invalid(
+                            self.call(
+                                "container.create",
+                                lambda: self.docker.containers.create(config, name=name),
+                                subject=subject,
+                                not_found=ErrorCode.IMAGE_NOT_FOUND,
+                            ),
+                            "create",
+                        )
+                    except DockhandError as exc:
+                        # Lost a race with another create of the same workspace (or a crash left
+                        # the container behind): adopt it if it is the same spec. What this
+                        # create made is then the other one's too: keep it.
+                        existing = await self.find_workspace(p.workspace_id) if exc.code is ErrorCode.CONFLICT else None
+                        if existing is None:
+                            raise
+                        made = _Made()
+                        return await self._adopt(existing, p, wanted)
+                    made.container = container_id = container.id
+                except BaseException:
+                    await self._undo(made, subject)
+                    raise
         if p.start:
-            await self._start(p.workspace_id, name)
+            try:
+                await self._start(p.workspace_id, container_id)
+            except BaseException:
+                # A container that cannot start is removed with what came with it (never an
+                # adopted one: that path returned above).
+                async with self._attach_lock(net["Name"]):
+                    await self._undo(made, subject)
+                raise
         return self.workspace(await self.get_workspace(p.workspace_id), created=True)
+
+    async def _undo(self, made: _Made, subject: str) -> None:
+        """Best effort: remove what a failed create made (the container first, then its volumes
+        and the network if it is still empty). Never raises; what is left is logged."""
+        left: list[str] = []
+        if made.container is not None:
+            container = self.docker.containers.container(made.container)
+            try:
+                await self.call("container.delete", lambda: container.delete(force=True), subject=subject)
+            except DockhandError as exc:
+                left.append(f"container {made.container[:12]} ({exc.code.value})")
+        for volume_name in made.volumes:
+            try:
+                await self.call("volume.delete", DockerVolume(self.docker, volume_name).delete, subject=subject)
+            except DockhandError as exc:
+                left.append(f"volume {volume_name} ({exc.code.value})")
+        if made.network is not None:
+            network = DockerNetwork(self.docker, made.network)
+            try:
+                info = await self.maybe("network.inspect", network.show, subject=subject)
+                if info is not None and not info.get("Containers"):
+                    await self.call("network.delete", network.delete, subject=subject)
+            except DockhandError as exc:
+                left.append(f"network {made.network[:12]} ({exc.code.value})")
+        if left:
+            log.warning("%s: a failed create left %s behind", subject, ", ".join(left))
+        elif made:
+            log.info("%s: removed what the failed create had made", subject)
+
+    async def _refused_is_invalid(self, call: Awaitable[T], what: str) -> T:
+        """Docker's create/start refusals are answers about the request (a port protocol it
+        cannot publish, a mount it cannot make), not worker faults: ``invalid_command``."""
+        try:
+            return await call
+        except DockhandError as exc:
+            if exc.code is not ErrorCode.INTERNAL or not isinstance(exc.__cause__, DockerError):
+                raise
+            raise DockhandError(
+                ErrorCode.INVALID_COMMAND, exc.message.replace("Docker error:", f"Docker refused to {what} it:")
+            ) from exc
+
+    async def _check_binds_live(self, binds: list[tuple[str, bool]], subject: str) -> None:
+        """Refuse binds that nest with a bind of any workspace on this Docker host, of any
+        worker (unless both are read-only; see :func:`worker.policy.binds_conflict`), or with
+        Docker's data directory (where every volume is writable by the workspaces that mount it).
+
+        Only workspaces count: they are what senders control. Containers the operator runs
+        outside dockhand are the operator's (an agent binding ``/`` read-only must not block
+        every writable bind)."""
+        if not binds:
+            return
+        root = await self._docker_root()
+        containers: list[DockerContainer] = await self.call(
+            "container.list",
+            lambda: self.docker.containers.list(
+                all=True, filters=json.dumps({"label": [f"{self.labels.managed}=true"]})
+            ),
+            subject=f"workspaces on {self.host_id}",
+        )
+        others = [
+            (container.id, mount["Source"], not mount.get("RW", True))
+            for container in containers
+            for mount in _listed(container, "Mounts", [])
+            if mount.get("Type") == "bind" and mount.get("Source")
+        ]
+        # Through realpath: a container made outside dockhand may name a symlink.
+        real = await asyncio.to_thread(lambda: [os.path.realpath(source) for _, source, _ in others])
+        for source, read_only in binds:
+            if root is not None and (source == root or binds_conflict(source, False, root, False)):
+                raise DockhandError(
+                    ErrorCode.FORBIDDEN,
+                    f"{subject}: bind source {source} overlaps Docker's data directory {root}",
+                    status=Status.REJECTED,
+                )
+            for (container_id, _, other_ro), other in zip(others, real, strict=True):
+                if binds_conflict(source, read_only, other, other_ro):
+                    raise DockhandError(
+                        ErrorCode.FORBIDDEN,
+                        f"{subject}: bind source {source} nests with {other}, bound by container "
+                        f"{container_id[:12]}{_RW}",
+                    )
+
+    async def _docker_root(self) -> str | None:
+        if self._docker_root_dir is None:
+            info = await self.call("system.info", self.docker.system.info, subject=f"host {self.host_id}")
+            root = info.get("DockerRootDir")
+            self._docker_root_dir = await asyncio.to_thread(os.path.realpath, root) if root else ""
+        return self._docker_root_dir or None
 
     async def _adopt(self, info: JSON, p: WorkspaceCreate, wanted: str) -> Workspace:
         labels = info["Config"].get("Labels") or {}
@@ -302,16 +521,54 @@ class DockerOps:
             self._host_cpus = int(info.get("NCPU") or 1)
         return min(self.settings.max_cpus, float(self._host_cpus))
 
+    def published_ports(self, p: WorkspaceCreate, image: JSON) -> list[str]:
+        """The container ports to publish: ``ports``, else the image's EXPOSE — which obeys the
+        same limits (at most MAX_PORTS, no sctp), or the create is refused: an image is as
+        untrusted as the command naming it."""
+        if p.ports is not None:
+            return [str(port) for port in p.ports]
+        exposed = sorted(((image.get("Config") or {}).get("ExposedPorts") or {}).keys())
+        what = f"{self._subject(p.workspace_id)}: image {p.image}"
+        if len(exposed) > MAX_PORTS:
+            raise rejected(
+                ErrorCode.INVALID_COMMAND,
+                f"{what} exposes {len(exposed)} ports, more than the {MAX_PORTS} a workspace may publish; "
+                "name the ones to publish in `ports`",
+            )
+        sctp = [port for port in exposed if port.endswith("/sctp")]
+        if sctp:
+            raise rejected(
+                ErrorCode.INVALID_COMMAND,
+                f"{what} exposes {', '.join(sctp)}: sctp ports cannot be published; name the ports in `ports`",
+            )
+        return exposed
+
+    def _inherited_labels(self, image: JSON) -> dict[str, str]:
+        """The image's labels under dockhand's prefixes, each overridden with an empty value.
+
+        Docker puts an image's labels under the container's (it merges, it cannot delete), so
+        an image saying ``dockhand.enabled=true`` or ``dockhand.owner=...`` would otherwise
+        speak for the workspace; an empty value means "not set" to discovery and to us.
+        """
+        image_labels: dict[str, str] = (image.get("Config") or {}).get("Labels") or {}
+        return {key: "" for key in image_labels if self.labels.reserved(key)}
+
+    def _cap_drop(self, p: WorkspaceCreate) -> list[str] | None:
+        """DOCKHAND_CAP_DROP, minus what ``cap_add`` asks for (already checked against the
+        allowed set): an allowed capability can still be added back."""
+        added = {c.upper().removeprefix("CAP_") for c in p.cap_add}
+        return [cap for cap in self.settings.cap_drop if cap not in added] or None
+
     def _container_config(
         self, p: WorkspaceCreate, image: JSON, wanted: str, network: str, cpu_cap: float, network_id: str
     ) -> JSON:
         s = self.settings
-        image_ports = sorted(((image.get("Config") or {}).get("ExposedPorts") or {}).keys())
-        ports = [str(port) for port in p.ports] if p.ports is not None else image_ports
+        ports = self.published_ports(p, image)
         cpus = min(p.resources.cpus or s.default_cpus, cpu_cap)
         memory = min(p.resources.memory_bytes or s.default_memory_bytes, s.max_memory_bytes)
         pids = min(p.resources.pids or s.default_pids, s.max_pids)
-        labels = dict(p.labels)
+        labels = self._inherited_labels(image)
+        labels.update(p.labels)
         labels.update(
             self._managed_labels(
                 **{
@@ -340,18 +597,32 @@ class DockerOps:
             }
             for m in p.mounts
         ]
+        restart: JSON = {"Name": p.restart_policy}
+        if p.restart_policy == "on-failure":
+            restart["MaximumRetryCount"] = s.restart_max_retries  # Docker's 0 would mean "forever"
         host_config: JSON = {
-            "NanoCpus": int(cpus * 1e9),
+            # Never 0 (= no limit at all): the schema's and the settings' minimum is Docker's 0.01.
+            "NanoCpus": max(round(cpus * 1e9), NANO_CPUS_MIN),
             "Memory": memory,
             "PidsLimit": pids,
             "SecurityOpt": ["no-new-privileges:true"],
             "CapAdd": [c.removeprefix("CAP_") for c in p.cap_add] or None,
+            "CapDrop": self._cap_drop(p),
             "ReadonlyRootfs": p.read_only,
-            "RestartPolicy": {"Name": p.restart_policy},
+            "RestartPolicy": restart,
             "NetworkMode": network_id,
             "Mounts": mounts,
             "PortBindings": {port: [{"HostIp": s.publish_host_ip, "HostPort": ""}] for port in ports},
+            "Ulimits": ulimits(s.ulimits) or None,
+            "CgroupnsMode": s.cgroupns,
         }
+        if s.disable_swap:
+            host_config["MemorySwap"] = memory  # memory + swap = memory: no swap
+        if s.log_max_size:
+            host_config["LogConfig"] = {
+                "Type": "json-file",
+                "Config": {"max-size": s.log_max_size, "max-file": str(s.log_max_file)},
+            }
         config: JSON = {
             "Image": p.image,
             "Env": [f"{k}={v}" for k, v in p.env.items()],
@@ -370,27 +641,74 @@ class DockerOps:
             config["WorkingDir"] = p.working_dir
         return config
 
-    async def _ensure_volumes(self, p: WorkspaceCreate) -> None:
-        """Named volumes are created with managed labels; someone else's volume is refused."""
+    async def _check_volumes(self, p: WorkspaceCreate) -> list[Mount]:
+        """Check every named volume before anything is made; return those to create.
+
+        A volume belongs to the workspace whose create made it (label ``workspace.id``); another
+        workspace may mount it only if the creator shared it with a project (``share:
+        "project"``) and this workspace is of that project. Anything else is ``forbidden``.
+        """
+        missing: list[Mount] = []
+        seen: set[str] = set()
         for mount in p.mounts:
-            if mount.type != "volume" or mount.source is None:
+            if mount.type != "volume" or mount.source is None or mount.source in seen:
                 continue
             name = mount.source
+            seen.add(name)
             subject = f"volume {name} on {self.host_id}"
             info: JSON | None = await self.maybe(
                 "volume.inspect", DockerVolume(self.docker, name).show, subject=subject
             )
             if info is None:
-                config = {"Name": name, "Labels": self._managed_labels(**{self.labels.workspace_id: p.workspace_id})}
-                await self.call("volume.create", partial(self.docker.volumes.create, config), subject=subject)
-            elif not self.labels.is_managed_by(info.get("Labels"), self.host_id):
-                raise DockhandError(ErrorCode.FORBIDDEN, f"{subject} exists and is not managed by this host")
+                missing.append(mount)
+            else:
+                self._check_volume_access(info.get("Labels") or {}, p, subject)
+        return missing
+
+    def _check_volume_access(self, labels: dict[str, str], p: WorkspaceCreate, subject: str) -> None:
+        if not self.labels.is_managed_by(labels, self.host_id):
+            raise DockhandError(ErrorCode.FORBIDDEN, f"{subject} exists and is not managed by this host")
+        if not self.owns(labels):
+            raise tenancy.forbidden(subject)
+        if labels.get(self.labels.workspace_id) == p.workspace_id:
+            return
+        shared = labels.get(self.labels.volume_share) == "project" and labels.get(self.labels.project)
+        if shared and shared == p.project:
+            return
+        raise DockhandError(
+            ErrorCode.FORBIDDEN,
+            f"{subject} belongs to another workspace"
+            + (f" and is shared only with its project, not {p.project or 'this workspace'}" if shared else "")
+            + ' (a volume is shared only when its creator set share: "project")',
+        )
+
+    async def _create_volumes(self, mounts: list[Mount], p: WorkspaceCreate, made: _Made) -> None:
+        for mount in mounts:
+            name = mount.source or ""
+            subject = f"volume {name} on {self.host_id}"
+            extra: dict[str, str | None] = {self.labels.workspace_id: p.workspace_id}
+            if mount.share == "project":
+                extra |= {self.labels.volume_share: "project", self.labels.project: p.project}
+            config = {"Name": name, "Labels": self._managed_labels(**extra)}
+            volume: DockerVolume = await self.call(
+                "volume.create", partial(self.docker.volumes.create, config), subject=subject
+            )
+            # Docker answers a create of an existing name with that volume, labels and all: if
+            # another create made it since the check, it is theirs, not ours.
+            info: JSON = await self.call("volume.inspect", volume.show, subject=subject)
+            labels = info.get("Labels") or {}
+            if labels.get(self.labels.workspace_id) == p.workspace_id and labels.get(self.labels.host) == self.host_id:
+                made.volumes.append(name)
+            self._check_volume_access(labels, p, subject)
 
     async def _start(self, workspace_id: str, ref: str) -> None:
-        await self.call(
-            "container.start",
-            lambda: self.docker.containers.container(ref).start(),
-            subject=self._subject(workspace_id),
+        await self._refused_is_invalid(
+            self.call(
+                "container.start",
+                lambda: self.docker.containers.container(ref).start(),
+                subject=self._subject(workspace_id),
+            ),
+            "start",
         )
 
     async def start_workspace(self, workspace_id: str) -> Workspace:
@@ -413,8 +731,11 @@ class DockerOps:
     async def restart_workspace(self, p: WorkspaceStop) -> Workspace:
         info = await self.get_workspace(p.workspace_id)
         container = self.docker.containers.container(info["Id"])
-        await self.call(
-            "container.restart", lambda: container.restart(t=p.timeout_s), subject=self._subject(p.workspace_id)
+        await self._refused_is_invalid(
+            self.call(
+                "container.restart", lambda: container.restart(t=p.timeout_s), subject=self._subject(p.workspace_id)
+            ),
+            "restart",
         )
         return self.workspace(await self.get_workspace(p.workspace_id))
 
@@ -445,6 +766,7 @@ class DockerOps:
             info
             and self.labels.is_managed_by(labels, self.host_id)
             and labels.get(self.labels.workspace_id) == workspace_id
+            and self.owns(labels)
         ):
             try:
                 await self.call("volume.delete", volume.delete, subject=subject)
@@ -461,6 +783,9 @@ class DockerOps:
             label_filters.append(f"{self.labels.project}={q.project}")
         if q.stage:
             label_filters.append(f"{self.labels.stage}={q.stage}")
+        sender = tenancy.restricted()
+        if sender is not None:
+            label_filters.append(f"{self.labels.owner}={sender.user}")
         filters: dict[str, list[str]] = {"label": label_filters}
         if q.state:
             filters["status"] = [q.state]
@@ -476,7 +801,11 @@ class DockerOps:
                 return await self.maybe("container.inspect", container.show, subject=f"container {container.id}")
 
         infos = await asyncio.gather(*(inspect(c) for c in containers))
-        workspaces = [self.workspace(info) for info in infos if info is not None]
+        workspaces = [
+            self.workspace(info)
+            for info in infos
+            if info is not None and self.owns(info["Config"].get("Labels"))  # the filter, checked again
+        ]
         return WorkspaceList(workspaces=sorted(workspaces, key=lambda w: w.workspace_id))
 
     async def exec_workspace(self, p: WorkspaceExec) -> ExecOutput:
@@ -485,10 +814,13 @@ class DockerOps:
         if not info["State"].get("Running"):
             raise DockhandError(ErrorCode.CONFLICT, f"{subject} is not running")
         container = self.docker.containers.container(info["Id"])
+        # Tags the exec's processes (children inherit it) for exec_kill's in-container fallback.
+        token = exec_kill.new_token()
+        environment = {**p.env, exec_kill.MARKER: token}
         execution = await self.call(
             "container.exec",
             lambda: container.exec(
-                p.command, stdout=True, stderr=True, environment=p.env, user=p.user or "", workdir=p.working_dir
+                p.command, stdout=True, stderr=True, environment=environment, user=p.user or "", workdir=p.working_dir
             ),
             subject=subject,
         )
@@ -504,9 +836,16 @@ class DockerOps:
                         truncated = True
                     buffer.extend(message.data[: max(room, 0)])
         except TimeoutError as exc:
+            # Docker leaves a timed-out exec running (there is no exec kill): end it and its children.
+            ended = await exec_kill.kill_quietly(container, info["Id"], execution, token, p.user or "")
+            outcome = "it was killed" if ended else "it could not be killed and may still be running"
             raise DockhandError(
-                ErrorCode.TIMEOUT, f"{subject}: exec did not finish within {p.timeout_s} s", retryable=False
+                ErrorCode.TIMEOUT, f"{subject}: exec did not finish within {p.timeout_s} s; {outcome}", retryable=False
             ) from exc
+        except asyncio.CancelledError:
+            # Drain gave up on it: do not leave it running for the redelivery to start again.
+            await asyncio.shield(exec_kill.kill_quietly(container, info["Id"], execution, token, p.user or ""))
+            raise
         except DockerError as exc:
             raise from_exception(exc, subject=subject) from exc
         result = await self.call("exec.inspect", execution.inspect, subject=subject)
@@ -578,14 +917,115 @@ class DockerOps:
         )
         return result
 
+    def _check_network_owner(self, info: JSON, subject: str) -> None:
+        """Tenancy: a network this host manages must be the sender's. (Networks it does not manage
+        are not anyone's; whether a workspace may use one is the allowed-networks policy's call.)"""
+        labels = info.get("Labels")
+        if self.labels.is_managed_by(labels, self.host_id) and not self.owns(labels):
+            raise tenancy.forbidden(subject)
+
+    async def _joinable_network(self, ref: str, subject: str) -> JSON | None:
+        """The network ``ref`` names, if a workspace may join it; ``None`` when there is none.
+
+        Joinable: a network this host manages, or one in DOCKHAND_ALLOWED_NETWORKS (or the
+        default network). Never Docker's host/none networks, by name or id; its default
+        ``bridge`` only when allowed; never a network that ``ref`` matches by an id prefix only.
+        """
+        self.policy.check_network_name(ref, subject)
+        what = f"network {ref} on {self.host_id}"
+        try:
+            info = await self.maybe("network.inspect", lambda: DockerNetwork(self.docker, ref).show(), subject=what)
+        except DockhandError as exc:
+            if "ambiguous" not in exc.message:
+                raise
+            info = await self._deduplicate_network(ref)
+        if info is None:
+            return None
+        name = str(info.get("Name", ""))
+        if name != ref and info.get("Id") != ref:
+            raise DockhandError(
+                ErrorCode.FORBIDDEN, f"{subject}: {ref} is only a partial id of network {name}; give its name"
+            )
+        self._check_network_owner(info, what)
+        if info.get("Driver") in {"host", "null"}:
+            raise DockhandError(
+                ErrorCode.FORBIDDEN, f"{subject}: network {name} uses the {info['Driver']} driver; never joinable"
+            )
+        self.policy.check_network_name(name, subject)  # an id of Docker's bridge network
+        default_bridge = (info.get("Options") or {}).get("com.docker.network.bridge.default_bridge") == "true"
+        managed = self.labels.is_managed_by(info.get("Labels"), self.host_id)
+        if (default_bridge or not managed) and not self.policy.network_allowed(name):
+            raise DockhandError(
+                ErrorCode.FORBIDDEN,
+                f"{subject}: network {name} is not managed by this host and not in DOCKHAND_ALLOWED_NETWORKS",
+            )
+        return info
+
+    def _attach_lock(self, network: str) -> asyncio.Lock:
+        """Joins of one network one at a time: the alias check holds until the endpoint exists."""
+        return self._attach_locks.setdefault(network, asyncio.Lock())
+
+    async def _check_aliases(
+        self, net: JSON, aliases: list[str], own_id: str | None, subject: str, *, workspaces: bool
+    ) -> None:
+        """Refuse a DNS name on ``net`` that already answers for another container there: its
+        name, short id or an alias (running or not: a stopped container's aliases come back at
+        its start). With ``workspaces``, also any workspace id / container name of this host,
+        so no alias is parked on a name a workspace may still join with. Case-insensitive, as DNS is."""
+        taken: dict[str, str] = {}
+        what = f"network {net.get('Name')} on {self.host_id}"
+        # By name too: a container that was never started has no network id on its endpoint yet.
+        members: list[DockerContainer] = await self.call(
+            "container.list",
+            lambda: self.docker.containers.list(all=True, filters=json.dumps({"network": [net["Id"], net["Name"]]})),
+            subject=what,
+        )
+        limit = asyncio.Semaphore(16)
+
+        async def inspect(container: DockerContainer) -> JSON | None:
+            async with limit:
+                return await self.maybe("container.inspect", container.show, subject=f"container {container.id}")
+
+        for info in await asyncio.gather(*(inspect(c) for c in members if c.id != own_id)):
+            if info is None:
+                continue
+            name = str(info.get("Name", "")).lstrip("/")
+            endpoint = ((info.get("NetworkSettings") or {}).get("Networks") or {}).get(net.get("Name")) or {}
+            for dns_name in [name, info["Id"][:12], *(endpoint.get("Aliases") or [])]:
+                taken.setdefault(dns_name.lower(), f"container {name}")
+        if workspaces:
+            managed: list[DockerContainer] = await self.call(
+                "container.list",
+                lambda: self.docker.containers.list(all=True, filters=json.dumps({"label": self._host_label_filter()})),
+                subject=f"workspaces on {self.host_id}",
+            )
+            for container in managed:
+                if container.id == own_id:
+                    continue
+                labels = _listed(container, "Labels", {}) or {}
+                names = [n.lstrip("/") for n in _listed(container, "Names", [])]
+                for dns_name in [labels.get(self.labels.workspace_id) or "", *names]:
+                    if dns_name:
+                        taken.setdefault(dns_name.lower(), f"workspace {labels.get(self.labels.workspace_id)}")
+        for alias in aliases:
+            holder = taken.get(alias.lower())
+            if holder is not None:
+                raise DockhandError(
+                    ErrorCode.FORBIDDEN,
+                    f"{subject}: {alias} already names {holder} on network {net.get('Name')}; "
+                    "a DNS name is never taken over",
+                )
+
     async def ensure_network(self, p: NetworkEnsure) -> NetworkEnsured:
         subject = f"network {p.name} on {self.host_id}"
         self.policy.check_labels(p.labels, subject)
+        self.policy.check_network_driver(p.driver, subject)
         # One create per name at a time: Docker allows duplicate names for racing creates.
         lock = self._network_locks.setdefault(p.name, asyncio.Lock())
         async with lock:
             info = await self._inspect_network(p.name)
             if info is not None:
+                self._check_network_owner(info, subject)
                 return NetworkEnsured(network_id=info["Id"], name=p.name, created=False)
             config = {
                 "Name": p.name,
@@ -601,23 +1041,28 @@ class DockerOps:
             return NetworkEnsured(network_id=network.id, name=p.name, created=True)
 
     async def connect_network(self, network: str, workspace_id: str, aliases: list[str]) -> NetworkAttachment:
+        """Join a network this host manages (or an allowed one) under aliases no one else answers to."""
+        subject = f"{self._subject(workspace_id)}, network {network}"
+        self.policy.check_network_name(network, subject)
         info = await self.get_workspace(workspace_id)
-        net = await self._inspect_network(network)
+        net = await self._joinable_network(network, subject)
         if net is None:
             raise DockhandError(ErrorCode.NOT_FOUND, f"network {network} not found on {self.host_id}")
-        if net.get("Driver") in {"host", "null"}:
-            raise DockhandError(ErrorCode.FORBIDDEN, f"network {network} uses the {net['Driver']} driver")
-        if network not in (info["NetworkSettings"].get("Networks") or {}):
-            config = {"Container": info["Id"], "EndpointConfig": {"Aliases": aliases or [workspace_id]}}
-            await self.call(
-                "network.connect",
-                lambda: DockerNetwork(self.docker, net["Id"]).connect(config),
-                subject=f"{self._subject(workspace_id)}, network {network}",
-            )
+        if net["Name"] not in (info["NetworkSettings"].get("Networks") or {}):
+            async with self._attach_lock(net["Name"]):
+                await self._check_aliases(net, aliases or [workspace_id], info["Id"], subject, workspaces=True)
+                config = {"Container": info["Id"], "EndpointConfig": {"Aliases": aliases or [workspace_id]}}
+                await self.call(
+                    "network.connect", lambda: DockerNetwork(self.docker, net["Id"]).connect(config), subject=subject
+                )
         return NetworkAttachment(network=network, workspace_id=workspace_id)
 
     async def disconnect_network(self, network: str, workspace_id: str) -> NetworkAttachment:
         info = await self.get_workspace(workspace_id)
+        if tenancy.restricted() is not None:  # under tenancy the network must be the sender's too
+            net = await self._inspect_network(network)
+            if net is not None:
+                self._check_network_owner(net, f"network {network} on {self.host_id}")
         if network in (info["NetworkSettings"].get("Networks") or {}):
             config = {"Container": info["Id"], "Force": False}
             await self.call(
@@ -634,6 +1079,7 @@ class DockerOps:
             return NetworkRemoved(name=name, removed=False)
         if not self.labels.is_managed_by(info.get("Labels"), self.host_id):
             raise DockhandError(ErrorCode.FORBIDDEN, f"{subject} is not managed by this host; left untouched")
+        self._check_network_owner(info, subject)
         if info.get("Containers"):
             raise DockhandError(ErrorCode.CONFLICT, f"{subject} is in use by {len(info['Containers'])} container(s)")
         await self.call("network.delete", DockerNetwork(self.docker, info["Id"]).delete, subject=subject)
@@ -642,8 +1088,11 @@ class DockerOps:
     # --- images --------------------------------------------------------------------------
 
     async def _inspect_image(self, image: str) -> JSON | None:
+        # The reference goes into the URL path (/images/<name>/json). The grammar already rules
+        # out "..", "%" and the like; quoting keeps anything else from ever being a path.
+        path_safe = urllib.parse.quote(image, safe="/:@")
         return await self.maybe(
-            "image.inspect", lambda: self.docker.images.inspect(image), subject=f"image {image} on {self.host_id}"
+            "image.inspect", lambda: self.docker.images.inspect(path_safe), subject=f"image {image} on {self.host_id}"
         )
 
     async def ensure_image(self, image: str, policy: str, auth: RegistryAuth | None) -> JSON:
@@ -684,7 +1133,7 @@ class DockerOps:
             }
             # aiodocker takes the registry host from the name when auth is set, so Docker Hub
             # names need their canonical form ("busybox" -> "docker.io/library/busybox").
-            if image_registry(image) == "docker.io" and not image.startswith("docker.io/"):
+            if explicit_registry(image) is None:
                 reference = f"docker.io/{reference if '/' in reference else 'library/' + reference}"
         subject = f"image {image} on {self.host_id}"
 
@@ -707,6 +1156,8 @@ class DockerOps:
         return ImagePulled(image=image, image_id=info["Id"], digest=digest)
 
     async def inspect_image(self, image: str) -> ImageInfo:
+        # The registry policy too: an image from elsewhere is none of the sender's business.
+        self.policy.check_image(image)
         info = await self._inspect_image(image)
         if info is None:
             raise DockhandError(ErrorCode.IMAGE_NOT_FOUND, f"image {image} not found on {self.host_id}")

@@ -138,7 +138,7 @@ def check_policy(command_type: str, payload: WireModel, ops: DockerOps) -> None:
     """Policy checks that need no Docker call, so violations are rejected up front."""
     if isinstance(payload, WorkspaceCreate):
         ops.check_create(payload)
-    elif isinstance(payload, ImagePull):
+    elif isinstance(payload, ImagePull | ImageRef_):
         ops.policy.check_image(payload.image)
     elif isinstance(payload, NetworkEnsure):
         ops.policy.check_labels(payload.labels, f"network {payload.name}")

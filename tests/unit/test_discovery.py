@@ -7,15 +7,19 @@ way the daemon does: a paused container's state is ``paused``, not ``running``).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import stamina
 from aiodocker.exceptions import DockerError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas import DiscoveryEvent, DiscoverySnapshot, Service, WireModel
 from worker.discovery import Discovery, InvalidLabels, from_list_entry, is_enabled, list_services, parse_service
@@ -54,6 +58,7 @@ class Box:
     health: str | None = None  # None: no healthcheck
     state: str = "running"  # running | paused | exited
     image: str = "nginx:1.25"
+    created: int = 1714557600  # unix seconds (what a list entry says; an inspect adds nanoseconds)
 
     def _endpoint(self, network: str, ip: str, *, listing: bool) -> dict[str, Any]:
         gateway = ip.rsplit(".", 1)[0] + ".1" if ip else ""
@@ -129,7 +134,7 @@ class Box:
             }
         return {
             "Id": self.id,
-            "Created": "2024-05-01T10:00:00.987654321Z",
+            "Created": datetime.fromtimestamp(self.created, UTC).strftime("%Y-%m-%dT%H:%M:%S") + ".987654321Z",
             "Path": "/docker-entrypoint.sh",
             "Args": ["nginx", "-g", "daemon off;"],
             "State": state,
@@ -195,7 +200,7 @@ class Box:
             "Image": self.image,
             "ImageID": "sha256:" + "ab" * 32,
             "Command": '/docker-entrypoint.sh nginx -g "daemon off;"',
-            "Created": 1714557600,
+            "Created": self.created,
             "Ports": ports,
             "Labels": dict(self.labels),
             "State": self.state,
@@ -740,3 +745,196 @@ async def test_one_bad_port_label_does_not_break_reconcile() -> None:
     services = await discovery.reconcile("startup")
     assert [s.container_name for s in services] == ["web"]
     assert rec.keys[-1] == f"{HOST}.discovery.snapshot"
+
+
+# --- one holder per domain (issue 10: "duplicate domains are all announced") ------------------
+
+OLD, NEW = 1714557600, 1714557700
+
+
+def _claimant(letter: str, created: int, domain: str = "app.example.com", **changes: Any) -> Box:
+    return web(id=letter * 64, name=f"c-{letter}", labels=enabled(domain=domain), created=created, **changes)
+
+
+def _kinds(rec: Recorder) -> list[tuple[str, str]]:
+    out = []
+    for event in rec.events():
+        subject = event.service or event.container
+        assert subject is not None
+        out.append((event.type, subject.container_name))
+    return out
+
+
+async def test_second_claimant_of_a_domain_is_invalid_naming_the_holder() -> None:
+    holder, second = _claimant("a", OLD), _claimant("b", NEW)
+    _docker, discovery, rec = setup(holder, second)
+    await discovery.on_container_event("start", holder.id, holder.attributes())
+    await discovery.on_container_event("start", second.id, second.attributes())
+    assert _kinds(rec) == [("discovery.added", "c-a"), ("discovery.invalid", "c-b")]
+    reason = rec.events()[-1].reason or ""
+    assert "app.example.com" in reason
+    assert "c-a" in reason
+    assert holder.id[:12] in reason
+    assert [s.container_name for s in discovery.current()] == ["c-a"]
+    # repeated events of the loser publish nothing new
+    rec.clear()
+    await discovery.on_container_event("start", second.id, second.attributes())
+    await discovery.on_container_event("health_status: healthy", second.id, second.attributes())
+    await discovery.reconcile("periodic")
+    assert rec.keys == [f"{HOST}.discovery.snapshot"]
+
+
+async def test_when_the_holder_goes_the_next_claimant_is_announced() -> None:
+    holder, second, third = _claimant("a", OLD), _claimant("b", NEW), _claimant("c", NEW + 50)
+    docker, discovery, rec = setup(holder, second, third)
+    for box in (holder, second, third):
+        await discovery.on_container_event("start", box.id, box.attributes())
+    rec.clear()
+    docker.put(replace(holder, state="exited"))
+    await discovery.on_container_event("die", holder.id, holder.attributes(exitCode="0"))
+    # removed first: a consumer never sees two holders; then the next oldest, and the reason
+    # of the one still waiting now names the new holder
+    assert _kinds(rec) == [("discovery.removed", "c-a"), ("discovery.added", "c-b"), ("discovery.invalid", "c-c")]
+    assert "c-b" in (rec.events()[-1].reason or "")
+    assert second.id not in discovery.invalid
+    assert [s.container_name for s in discovery.current()] == ["c-b"]
+
+
+async def test_an_older_claimant_takes_the_domain_over() -> None:
+    # The rule is the age of the claim, not the order events came in: every worker (and a
+    # restarted one, and discovery.list) reaches the same holder.
+    newer, older = _claimant("b", NEW), _claimant("a", OLD)
+    _docker, discovery, rec = setup(newer, older)
+    await discovery.on_container_event("start", newer.id, newer.attributes())
+    await discovery.on_container_event("start", older.id, older.attributes())
+    assert _kinds(rec) == [
+        ("discovery.added", "c-b"),
+        ("discovery.removed", "c-b"),
+        ("discovery.added", "c-a"),
+        ("discovery.invalid", "c-b"),
+    ]
+    assert [s.container_name for s in discovery.current()] == ["c-a"]
+
+
+async def test_domains_are_compared_case_insensitively() -> None:
+    holder, second = _claimant("a", OLD), _claimant("b", NEW, domain="APP.Example.COM")
+    _docker, discovery, _rec = setup(holder, second)
+    await discovery.on_container_event("start", second.id, second.attributes())
+    await discovery.on_container_event("start", holder.id, holder.attributes())
+    assert [s.container_name for s in discovery.current()] == ["c-a"]
+    assert second.id in discovery.invalid
+
+
+async def test_same_second_ties_go_to_the_smaller_id() -> None:
+    b, a = _claimant("b", OLD), _claimant("a", OLD)
+    _docker, discovery, _rec = setup(b, a)
+    await discovery.on_container_event("start", b.id, b.attributes())
+    await discovery.on_container_event("start", a.id, a.attributes())
+    assert [s.container_name for s in discovery.current()] == ["c-a"]
+
+
+async def test_startup_reconcile_announces_only_the_oldest_claim() -> None:
+    claimants = [_claimant("c", NEW + 50), _claimant("a", OLD), _claimant("b", NEW)]
+    other = _claimant("d", NEW, domain="other.example.com")
+    _docker, discovery, rec = setup(*claimants, other)
+    services = await discovery.reconcile("startup")
+    assert [(s.domain, s.container_name) for s in services] == [
+        ("app.example.com", "c-a"),
+        ("other.example.com", "c-d"),
+    ]
+    # no transient holder: exactly one added per domain, the others invalid, then the snapshot
+    assert sorted(k for k in _kinds(rec) if k[0] == "discovery.added") == [
+        ("discovery.added", "c-a"),
+        ("discovery.added", "c-d"),
+    ]
+    assert sorted(k for k in _kinds(rec) if k[0] == "discovery.invalid") == [
+        ("discovery.invalid", "c-b"),
+        ("discovery.invalid", "c-c"),
+    ]
+    assert rec.keys[-1] == f"{HOST}.discovery.snapshot"
+    assert [s.container_name for s in await list_services(discovery.ops)] == ["c-a", "c-d"]
+
+
+async def test_resync_after_the_holder_vanished_promotes_the_next() -> None:
+    holder, second = _claimant("a", OLD), _claimant("b", NEW)
+    docker, discovery, rec = setup(holder, second)
+    await discovery.reconcile("startup")
+    rec.clear()
+    del docker.boxes[holder.id]  # its die/destroy events were missed
+    await discovery.reconcile("resync")
+    assert _kinds(rec) == [("discovery.removed", "c-a"), ("discovery.added", "c-b")]
+    assert discovery.invalid == {}
+
+
+async def test_holder_turning_invalid_releases_the_domain() -> None:
+    holder = _claimant("a", OLD, networks={"bridge": "172.17.0.2", "app": "172.20.0.5"})
+    holder = replace(holder, labels={**holder.labels, "dockhand.network": "app"})
+    second = _claimant("b", NEW)
+    docker, discovery, rec = setup(holder, second)
+    for box in (holder, second):
+        await discovery.on_container_event("start", box.id, box.attributes())
+    rec.clear()
+    docker.put(replace(holder, networks={"bridge": "172.17.0.2"}))
+    await discovery.on_network_event("disconnect", holder.id)
+    assert _kinds(rec) == [("discovery.removed", "c-a"), ("discovery.invalid", "c-a"), ("discovery.added", "c-b")]
+
+
+async def test_list_services_answers_the_holder_only() -> None:
+    _docker, discovery, _rec = setup(_claimant("b", NEW), _claimant("a", OLD), _claimant("c", NEW + 1))
+    assert [s.container_name for s in await list_services(discovery.ops)] == ["c-a"]
+
+
+async def test_neutralised_image_labels_announce_nothing() -> None:
+    # What a workspace whose image carried dockhand.* labels looks like: overridden with "".
+    box = web(labels={"dockhand.enabled": "", "dockhand.domain": "", "dockhand.port": "", "dockhand.managed": "true"})
+    docker, discovery, rec = setup(box)
+    await discovery.on_container_event("start", box.id, box.attributes())
+    assert await discovery.reconcile("startup") == []
+    assert docker.show_calls == []
+    assert rec.keys == [f"{HOST}.discovery.snapshot"]
+
+
+def test_an_empty_description_is_none() -> None:
+    box = web(labels=enabled(description=""))
+    assert parse_service(box.inspect(), NAMES).description is None
+
+
+_OPS = st.lists(st.tuples(st.sampled_from(["start", "die", "reconcile"]), st.integers(0, 5)), min_size=1, max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=_OPS)
+def test_one_holder_per_domain_whatever_the_order(ops: list[tuple[str, int]]) -> None:
+    # Six containers on two domains, created at distinct times (index 0 the oldest); started and
+    # stopped in any order, with reconciles in between: the announced set is always the oldest
+    # running claim per domain, the same that discovery.list and a fresh worker would report.
+    boxes = [
+        _claimant("abcdef"[i], OLD + 10 * i, domain="one.example.com" if i % 2 else "two.example.com", state="exited")
+        for i in range(6)
+    ]
+
+    async def run() -> None:
+        docker, discovery, _rec = setup(*boxes)
+        for action, index in ops:
+            box = boxes[index]
+            if action == "start":
+                docker.put(replace(box, state="running"))
+                await discovery.on_container_event("start", box.id, box.attributes())
+            elif action == "die":
+                docker.put(replace(box, state="exited"))
+                await discovery.on_container_event("die", box.id, box.attributes(exitCode="0"))
+            else:
+                await discovery.reconcile("periodic")
+            running = [b for b in docker.boxes.values() if b.state == "running"]
+            expected = {}
+            for b in sorted(running, key=lambda b: (b.created, b.id)):
+                expected.setdefault(b.labels["dockhand.domain"], b.name)
+            assert {s.domain: s.container_name for s in discovery.current()} == expected
+            assert len(discovery.current()) == len(expected)
+            assert {s.domain: s.container_name for s in await list_services(discovery.ops)} == expected
+            losers = {b.id for b in running} - set(discovery.services)
+            assert set(discovery.invalid) == losers
+            fresh = Discovery(discovery.ops, Recorder())
+            assert await fresh.reconcile("startup") == discovery.current()
+
+    asyncio.run(run())

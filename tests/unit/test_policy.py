@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from schemas import ErrorCode, Status
-from schemas.commands import ImagePull, NetworkEnsure, WorkspaceCreate
+from schemas.commands import ImagePull, ImageRef_, NetworkEnsure, WorkspaceCreate
 from worker.docker_ops import DockerOps
 from worker.errors import DockhandError
 from worker.handlers import check_policy
@@ -48,6 +49,19 @@ def _assert_forbidden(exc: pytest.ExceptionInfo[DockhandError]) -> None:
 # --- bind mounts ------------------------------------------------------------------------
 
 
+@pytest.fixture
+def bind_root(tmp_path: Path) -> Path:
+    """Real directories standing in for /srv/data and /opt/ws: bind sources must now exist."""
+    (tmp_path / "srv/data/ws1/deep/er").mkdir(parents=True)
+    (tmp_path / "opt/ws/x").mkdir(parents=True)
+    return tmp_path
+
+
+def _bind_policy(root: Path, **overrides: Any) -> Policy:
+    roots = [f"{root}/srv/data", f"{root}/opt/ws/"]
+    return Policy(_settings(allowed_bind_roots=roots, **overrides), LABELS)
+
+
 @pytest.mark.parametrize(
     ("source", "normalised"),
     [
@@ -60,8 +74,8 @@ def _assert_forbidden(exc: pytest.ExceptionInfo[DockhandError]) -> None:
         ("/opt/ws/x", "/opt/ws/x"),
     ],
 )
-def test_bind_under_a_root_allowed(policy: Policy, source: str, normalised: str) -> None:
-    assert policy.check_bind(source, "ws1") == normalised
+def test_bind_under_a_root_allowed(bind_root: Path, source: str, normalised: str) -> None:
+    assert _bind_policy(bind_root).check_bind(f"{bind_root}{source}", "ws1") == f"{bind_root}{normalised}"
 
 
 @pytest.mark.parametrize(
@@ -205,12 +219,14 @@ def _create(**payload: Any) -> WorkspaceCreate:
     return WorkspaceCreate.model_validate({"workspace_id": "ws1", "image": "ghcr.io/a/b:1", **payload})
 
 
-def test_check_policy_passes_a_conforming_create(ops: DockerOps) -> None:
+def test_check_policy_passes_a_conforming_create(bind_root: Path) -> None:
+    settings = _settings(allowed_bind_roots=[f"{bind_root}/srv/data"])
+    ops = DockerOps(None, settings, LABELS, Policy(settings, LABELS))  # type: ignore[arg-type]
     payload = _create(
         cap_add=["NET_ADMIN"],
         labels={"app": "x"},
         mounts=[
-            {"type": "bind", "source": "/srv/data/ws1", "target": "/data"},
+            {"type": "bind", "source": f"{bind_root}/srv/data/ws1", "target": "/data"},
             {"type": "volume", "source": "cache", "target": "/cache"},
             {"type": "tmpfs", "target": "/tmp"},
         ],
@@ -245,3 +261,102 @@ def test_check_policy_image_pull_and_network_labels(ops: DockerOps) -> None:
     _assert_forbidden(exc)
     check_policy("image.pull", ImagePull(image="ghcr.io/x/y"), ops)
     check_policy("network.ensure", NetworkEnsure(name="n1", labels={"team": "a"}), ops)
+
+
+# --- issue 10: registries as Docker resolves them, labels in any case ------------------------
+
+
+@pytest.mark.parametrize(
+    ("image", "registry"),
+    [
+        ("GHCR.IO/a/b", "ghcr.io"),
+        ("LocalHost:5000/x", "localhost:5000"),
+        ("index.docker.io/library/busybox", "docker.io"),
+        ("INDEX.docker.io/library/busybox", "docker.io"),
+        ("Docker.IO/library/busybox", "docker.io"),
+        ("sha256:" + "ab" * 32, "docker.io"),
+    ],
+)
+def test_image_registry_normalised(image: str, registry: str) -> None:
+    assert image_registry(image) == registry
+
+
+@pytest.mark.parametrize("image", ["GHCR.io/a/b:1", "index.docker.io/library/busybox", "LOCALHOST:5000/x"])
+def test_registry_variants_of_allowed_ones_allowed(policy: Policy, image: str) -> None:
+    policy.check_image(image)
+
+
+def test_allowed_registries_compared_case_insensitively() -> None:
+    upper = Policy(_settings(allowed_registries=["GHCR.io", "Index.Docker.io"]), LABELS)
+    upper.check_image("ghcr.io/a/b")
+    upper.check_image("busybox")
+    with pytest.raises(DockhandError):
+        upper.check_image("quay.io/a/b")
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "quay.io/a/b",
+        "QUAY.io/a/b",
+        "ghcr.io:443/a/b",  # another registry string to Docker (credentials, mirrors): not ghcr.io
+        "localhost:5001/x",
+        "ghcr.io.evil.com/a",
+        "evil.com/ghcr.io/a",
+    ],
+)
+def test_registry_variants_of_others_rejected(policy: Policy, image: str) -> None:
+    with pytest.raises(DockhandError, match="DOCKHAND_ALLOWED_REGISTRIES") as exc:
+        policy.check_image(image)
+    _assert_forbidden(exc)
+
+
+@pytest.mark.parametrize("image", ["x/../../containers/victim", "a//b", "[::1]:5000/x", "Foo/bar", ""])
+def test_check_image_refuses_what_is_not_a_reference(image: str) -> None:
+    # Even with no registry list (and whoever calls it): the name ends up in an API URL path.
+    open_policy = Policy(_settings(allowed_registries=[]), LABELS)
+    with pytest.raises(DockhandError, match="not a valid image reference") as exc:
+        open_policy.check_image(image)
+    assert exc.value.code is ErrorCode.INVALID_COMMAND
+    assert exc.value.status is Status.REJECTED
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "Dockhand.managed",
+        "DOCKHAND.host",
+        "dockHand",
+        "DISCO.enabled",
+        "Disco.Domain",
+        "com.docker.compose.project",
+        "COM.Docker.x",
+        "com.docker",
+        "io.docker.x",
+        "org.dockerproject.x",
+        "Org.DockerProject.y",
+    ],
+)
+def test_reserved_labels_in_any_case_and_dockers_namespaces_rejected(policy: Policy, key: str) -> None:
+    with pytest.raises(DockhandError, match="reserve") as exc:
+        policy.check_labels({key: "x"}, "ws1")
+    _assert_forbidden(exc)
+
+
+@pytest.mark.parametrize("key", ["com.dockerx.a", "io.dockerhub", "org.dockerprojects", "com.example.docker"])
+def test_lookalikes_of_dockers_namespaces_allowed(policy: Policy, key: str) -> None:
+    policy.check_labels({key: "x"}, "ws1")
+
+
+@pytest.mark.parametrize("labels", [{"Dockhand.managed": "true"}, {"com.docker.network.bridge.name": "x"}])
+def test_network_ensure_labels_checked_alike(ops: DockerOps, labels: dict[str, str]) -> None:
+    with pytest.raises(DockhandError) as exc:
+        check_policy("network.ensure", NetworkEnsure(name="n1", labels=labels), ops)
+    _assert_forbidden(exc)
+
+
+def test_check_policy_applies_registries_to_image_inspect(ops: DockerOps) -> None:
+    with pytest.raises(DockhandError, match="DOCKHAND_ALLOWED_REGISTRIES") as exc:
+        check_policy("image.inspect", ImageRef_(image="quay.io/x/y"), ops)
+    _assert_forbidden(exc)
+    check_policy("image.inspect", ImageRef_(image="ghcr.io/x/y"), ops)

@@ -261,3 +261,29 @@ def test_parse_docker_time_fraction_with_offset(text: str, expected: datetime) -
 @pytest.mark.parametrize("text", ["0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000000000Z", "", None])
 def test_parse_docker_time_zero_and_empty(text: str | None) -> None:
     assert parse_docker_time(text) is None
+
+
+@pytest.mark.parametrize(
+    ("payload", "v1_hash"),
+    [
+        # The hashes v0.1.0's worker wrote on these workspaces' containers.
+        ({"workspace_id": "ws1", "image": "busybox:1"}, "dc63370948394a5c90a432bacfe7c953"),
+        (
+            {
+                "workspace_id": "ws1",
+                "image": "busybox:1",
+                "mounts": [{"type": "volume", "source": "data", "target": "/data"}],
+            },
+            "7692732ef2c0e282a739dfc2b87ba282",
+        ),
+    ],
+)
+def test_spec_hash_of_an_unchanged_create_survives_the_upgrade(payload: dict[str, object], v1_hash: str) -> None:
+    # A field added since (Mount.share) must not turn a re-sent create of an existing workspace into a conflict.
+    assert spec_hash(WorkspaceCreate.model_validate(payload)) == v1_hash
+    shared = {
+        **payload,
+        "project": "p",
+        "mounts": [{"type": "volume", "source": "data", "target": "/d", "share": "project"}],
+    }
+    assert spec_hash(WorkspaceCreate.model_validate(shared)) != v1_hash
