@@ -3,9 +3,11 @@
 aio-pika hands each delivery to FastStream as its own task, and under load those tasks reach
 the handler out of order. ``submit`` therefore restores the broker's order from the delivery
 tags (:class:`DeliveryOrder`) before a message enters its per-workspace lane. Each command then
-runs when its lane and a concurrency slot are free; its result is published with publisher
-confirms, and only then is the message acked — or rejected into the dead-letter queue when the
-command was never valid.
+runs when its lane and a concurrency slot are free (``workspace.exec``: a slot of the exec pool,
+taken at intake); its result is published with publisher confirms, and only then is the message
+acked — or rejected into the dead-letter queue when the command was never valid (as a redacted
+copy when it carries a secret). A stored result is bound to its command by a fingerprint, so a
+reused ``command_id`` is a ``conflict``, never another command's answer.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import hmac
+import json
 import logging
 import re
 import time
@@ -25,10 +29,12 @@ from opentelemetry import trace
 from pydantic import ValidationError
 
 from schemas import COMMAND_ADAPTER, COMMAND_TYPES, Command, ErrorCode, Result, Status, utcnow
+from schemas._base import COMMAND_ID_PATTERN
 
+from . import tenancy
 from .errors import DockhandError, rejected
 from .handlers import HANDLERS, check_policy, lane_key
-from .store import ResultStore
+from .store import ResultStore, store_key
 from .telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -148,6 +154,33 @@ class Rejection(Exception):
 
 
 _COMMAND_ID = re.compile(rb'^\s*\{\s*"command_id"\s*:\s*"([A-Za-z0-9_.:@/+=-]{1,128})"')
+_VALID_ID = re.compile(COMMAND_ID_PATTERN)
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(value: object) -> str:
+    """``value`` as text fit for one log line: control characters, line separators and bidi
+    overrides escaped as ``repr()`` writes them (``\\n``, ``\\x1b``, ``\\u2028``). Every
+    sender-provided value a log line prints goes through this."""
+    return _UNSAFE.sub(lambda m: repr(m.group())[1:-1], str(value))
+
+
+def shown_id(command_id: str) -> str:
+    """The ``command_id`` a result carries for a message whose id is readable but not valid
+    (over 128 characters, control characters): escaped like :func:`printable`, cut to 128
+    characters (ending ``...``). It is then a valid id itself, so a result never carries a line
+    break or a control character; a sender matches such an answer by its ``correlation_id``."""
+    if _VALID_ID.fullmatch(command_id):
+        return command_id
+    text = printable(command_id)
+    return text if len(text) <= 128 else text[:125] + "..."
+
+
+def _sniff_id(body: bytes) -> str | None:
+    """The ``command_id`` of a body that is not parsed (too big, not JSON), when it is the first
+    key and a plain token: the sender then gets its rejection instead of silence."""
+    sniffed = _COMMAND_ID.search(body[:4096])
+    return sniffed.group(1).decode() if sniffed else None
 
 
 def parse(body: bytes, routing_key: str, max_body_bytes: int) -> Command:
@@ -155,26 +188,36 @@ def parse(body: bytes, routing_key: str, max_body_bytes: int) -> Command:
     if len(body) > max_body_bytes:
         raise Rejection(
             rejected(ErrorCode.INVALID_COMMAND, f"body of {len(body)} bytes exceeds the {max_body_bytes}-byte limit"),
-            None,
+            _sniff_id(body),
             "unknown",
         )
     try:
         raw = pydantic_core.from_json(body)
     except ValueError as exc:
-        # Unparseable (truncated, nested too deep, …) but the id may still be plain to see:
-        # the sender then gets its rejection instead of silence.
-        sniffed = _COMMAND_ID.search(body[:4096])
-        command_id = sniffed.group(1).decode() if sniffed else None
+        # Unparseable (truncated, nested too deep, …) but the id may still be plain to see.
         raise Rejection(
-            rejected(ErrorCode.INVALID_COMMAND, f"body is not JSON: {exc}"), command_id, "unknown"
+            rejected(ErrorCode.INVALID_COMMAND, f"body is not JSON: {exc}"), _sniff_id(body), "unknown"
         ) from None
     if not isinstance(raw, dict):
         raise Rejection(rejected(ErrorCode.INVALID_COMMAND, "body must be a JSON object"), None, "unknown")
     command_id = raw.get("command_id")
-    if not (isinstance(command_id, str) and 1 <= len(command_id) <= 128):
-        command_id = None
     command_type = raw.get("type")
-    shown_type = command_type if isinstance(command_type, str) and len(command_type) <= 64 else "unknown"
+    # The type a rejection reports (and routes by): readable and short, whatever was sent.
+    shown_type = printable(command_type) if isinstance(command_type, str) and len(command_type) <= 64 else "unknown"
+    if not isinstance(command_id, str) or not command_id:
+        command_id = None
+    elif not _VALID_ID.fullmatch(command_id):
+        # Readable but not valid: answered (under an escaped, shortened id) rather than left
+        # for the sender to time out on.
+        raise Rejection(
+            rejected(
+                ErrorCode.INVALID_COMMAND,
+                f"command_id must be 1 to 128 printable characters (no control characters or line breaks); "
+                f"got {len(command_id)} characters",
+            ),
+            shown_id(command_id),
+            shown_type,
+        )
     # isinstance first: a list or object "type" is unhashable and must be a rejection, not a crash.
     if not isinstance(command_type, str) or command_type not in COMMAND_TYPES:
         raise Rejection(
@@ -194,6 +237,56 @@ def parse(body: bytes, routing_key: str, max_body_bytes: int) -> Command:
     except ValidationError as exc:
         message = f"invalid {command_type}: {_summarise(exc)}"
         raise Rejection(rejected(ErrorCode.INVALID_COMMAND, message), command_id, shown_type) from None
+
+
+POOLED_TYPES = frozenset({"workspace.exec"})
+"""Command types that run in the exec pool (``DOCKHAND_MAX_CONCURRENT_EXECS``), not in a command slot."""
+
+REDACTED_HEADER = "x-dockhand-redacted"
+"""Header of a dead letter that is a redacted copy: what was removed (comma-separated paths)."""
+
+_SECRET_KEY = re.compile(r"password|passwd|secret|token", re.IGNORECASE)
+_SECRET_TEXT = re.compile(rb"password|passwd|secret|token", re.IGNORECASE)
+
+
+def _redact_tree(value: Any, path: str, found: list[str]) -> Any:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if _SECRET_KEY.search(str(key)) and item not in (None, ""):
+                out[key] = "[redacted]"
+                found.append(printable(where))
+            else:
+                out[key] = _redact_tree(item, where, found)
+        return out
+    if isinstance(value, list):
+        return [_redact_tree(item, f"{path}[{i}]", found) for i, item in enumerate(value)]
+    return value
+
+
+def redact(body: bytes, max_parse_bytes: int) -> tuple[bytes, list[str]] | None:
+    """A copy of ``body`` fit for the dead-letter queue, and what was taken out of it; ``None``
+    when it carries no secret (it is then dead-lettered untouched).
+
+    A JSON body loses the value of every key that names a secret (``registry_auth.password``,
+    an env ``*_TOKEN``, …). A body that cannot be parsed (or is over the size limit) and
+    mentions one anywhere is cut just before that word: there is no telling where a secret
+    in broken JSON ends."""
+    first = _SECRET_TEXT.search(body)
+    if first is None:
+        return None
+    tree: Any = None
+    if len(body) <= max_parse_bytes:
+        with contextlib.suppress(ValueError):
+            tree = pydantic_core.from_json(body)
+    if tree is None or not isinstance(tree, dict | list):
+        return body[: first.start()] + b"[redacted: the rest of this unparseable body]", [f"body[{first.start()}:]"]
+    found: list[str] = []
+    cleaned = _redact_tree(tree, "", found)
+    if not found:
+        return None  # the word is only in a value (an echo command, a label): nothing to hide
+    return json.dumps(cleaned, ensure_ascii=False).encode(), found
 
 
 class Counters:
@@ -223,6 +316,9 @@ class Dispatcher:
         self._order = DeliveryOrder()
         self.counters = Counters()
         self._slots = asyncio.Semaphore(settings.max_concurrency)
+        # workspace.exec runs outside those slots, in a pool of its own; a counter at intake
+        # (running + waiting in their lanes) bounds both the execs and the deliveries they hold.
+        self._execs = 0
         self._draining = False
         self.active = True  # the app clears it while this worker is a standby (see leadership.py)
         self.worker_id = settings.effective_worker_id
@@ -250,8 +346,34 @@ class Dispatcher:
             rejection = exc
             self.lanes.submit(None, lambda: self._guarded(self._reject(rejection, message, received), message), context)
             return
+        try:
+            sender = tenancy.sender_of(message.raw_message.user_id, self.settings)
+        except DockhandError as exc:
+            rejection = Rejection(exc, command.command_id, command.type)
+            self.lanes.submit(None, lambda: self._guarded(self._reject(rejection, message, received), message), context)
+            return
+        # The sender lives in this message's own context: what runs for it (DockerOps' owner
+        # labels and checks, the store key) reads it there, and no other message sees it.
+        if context is None:
+            context = contextvars.copy_context()
+        context.run(tenancy.SENDER.set, sender)
+        pooled = command.type in POOLED_TYPES
+        if pooled:
+            if self._execs >= self.settings.exec_slots:
+                # Answered at once (no lane, no slot): a full pool must not pile up unacked
+                # deliveries, which would exhaust the prefetch that other commands need.
+                self.lanes.submit(None, lambda: self._guarded(self._at_capacity(command, message), message), context)
+                return
+            self._execs += 1
         key = lane_key(command.type, command.payload)
-        self.lanes.submit(key, lambda: self._guarded(self._run(command, message, received), message), context)
+        task = self.lanes.submit(
+            key, lambda: self._guarded(self._run(command, message, received, pooled=pooled), message), context
+        )
+        if pooled:
+            task.add_done_callback(self._release_exec)
+
+    def _release_exec(self, _: object) -> None:
+        self._execs -= 1
 
     async def _guarded(self, job: Awaitable[None], message: RabbitMessage) -> None:
         """A bug must not strand a message unacked: requeue it, and the quorum queue's
@@ -259,14 +381,18 @@ class Dispatcher:
         try:
             await job
         except Exception:
-            log.exception("internal error handling message %s; requeueing it", message.raw_message.message_id)
+            log.exception(
+                "internal error handling message %s; requeueing it", printable(message.raw_message.message_id)
+            )
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
 
     # --- execution -----------------------------------------------------------------------
 
-    async def _run(self, command: Command, message: RabbitMessage, received: datetime) -> None:
-        async with self._slots:
+    async def _run(self, command: Command, message: RabbitMessage, received: datetime, *, pooled: bool = False) -> None:
+        # A pooled command (workspace.exec) was admitted at intake and takes no command slot.
+        slot: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext() if pooled else self._slots
+        async with slot:
             if self._draining:
                 # Not started: leave it unacked; closing the channel returns it to the queue
                 # (in order) for the next worker.
@@ -280,6 +406,9 @@ class Dispatcher:
             workspace_id = getattr(command.payload, "workspace_id", None)
             if workspace_id:
                 attributes["dockhand.workspace_id"] = workspace_id
+            sender = tenancy.current()
+            if sender is not None:
+                attributes["dockhand.sender"] = sender.user
             span = self.telemetry.tracer.start_span(f"dockhand {command.type}", attributes=attributes)
             try:
                 with trace.use_span(span, end_on_exit=True):
@@ -289,22 +418,85 @@ class Dispatcher:
 
     async def _answer(self, command: Command, message: RabbitMessage, span: trace.Span) -> None:
         """Execute (or answer from the store), publish, settle."""
-        stored = self.store.get(command.command_id)
-        if stored is None:
+        stored_under = self._store_key(command.command_id)
+        entry = self.store.lookup(stored_under)
+        key: str | None = stored_under  # the entry this answer marks published (none for a conflict)
+        if entry is None:
             result = await self._execute(command, message)
-        elif message.raw_message.redelivered and self.store.is_published(command.command_id):
+        elif entry.fingerprint is not None and not hmac.compare_digest(
+            entry.fingerprint, self.store.fingerprint(command.type, command.payload)
+        ):
+            # The id answered another command (another type or payload): neither run this one
+            # nor hand over that one's result, and leave the stored result as it is.
+            result = self._conflict(command, message)
+            key = None
+        elif message.raw_message.redelivered and entry.published:
             # A crash came between the confirmed result and the ack: it was answered.
             log.info("%s %s: redelivered, already answered; acking", command.type, command.command_id)
             await message.ack()
             return
         else:
             log.info("%s %s: answered from the stored result", command.type, command.command_id)
-            result = stored
+            result = entry.result
         span.set_attribute("dockhand.status", result.status.value)
         if result.error is not None:
             span.set_attribute("dockhand.error_code", result.error.code.value)
             span.set_status(trace.Status(trace.StatusCode.ERROR, result.error.code.value))
-        await self._finish(result, message, settle=self._settle_for(result.status))
+        await self._finish(result, message, settle=self._settle_for(result.status), key=key)
+
+    def _conflict(self, command: Command, message: RabbitMessage) -> Result:
+        log.warning(
+            "%s %s: command_id already answered a different command; not run (conflict)",
+            command.type,
+            command.command_id,
+        )
+        error = DockhandError(
+            ErrorCode.CONFLICT,
+            f"command_id {command.command_id!r} was already used for a different command (another type or "
+            "payload); nothing was run — send this command under a new command_id",
+        )
+        return self._result(command.command_id, command.type, error, utcnow(), message)
+
+    async def _at_capacity(self, command: Command, message: RabbitMessage) -> None:
+        entry = self.store.lookup(self._store_key(command.command_id))
+        if entry is not None:
+            # Answered before: the stored answer (or a conflict) needs no pool slot.
+            await self._run(command, message, utcnow(), pooled=True)
+            return
+        error = DockhandError(
+            ErrorCode.CAPACITY,
+            f"{self.settings.exec_slots} workspace.exec already running or waiting on host {self.settings.host_id} "
+            "(DOCKHAND_MAX_CONCURRENT_EXECS); nothing was run — retry later",
+            retryable=True,
+        )
+        log.warning("%s %s: %s", command.type, command.command_id, error)
+        self.telemetry.commands.add(1, {"type": command.type, "status": Status.FAILED.value})
+        await self._finish(
+            self._result(command.command_id, command.type, error, utcnow(), message), message, settle="ack"
+        )
+
+    def _result(
+        self, command_id: str, command_type: str, error: DockhandError, started: datetime, message: RabbitMessage
+    ) -> Result:
+        """The result of a command answered without running it."""
+        now = utcnow()
+        return Result(
+            command_id=command_id,
+            type=command_type,
+            status=error.status,
+            host_id=self.settings.host_id,
+            worker_id=self.worker_id,
+            error=error.info(),
+            started_at=started,
+            finished_at=now,
+            duration_ms=round((now - started).total_seconds() * 1000, 3),
+            attempt=self._attempt(message),
+        )
+
+    @staticmethod
+    def _store_key(command_id: str) -> str:
+        """The result-store key of ``command_id`` for the running command's sender."""
+        return store_key(tenancy.store_owner(), command_id)
 
     def _attempt(self, message: RabbitMessage) -> int:
         headers = message.raw_message.headers or {}
@@ -350,7 +542,12 @@ class Dispatcher:
         # Remember outcomes that a repeat must not redo; a retryable failure may be sent again
         # with the same id and should then run again.
         if result.status is not Status.REJECTED and not (error and error.retryable):
-            self.store.put(result, published=False)
+            self.store.put(
+                result,
+                published=False,
+                key=self._store_key(result.command_id),
+                fingerprint=self.store.fingerprint(command.type, command.payload),
+            )
         self.telemetry.commands.add(1, {"type": command.type, "status": result.status.value})
         self.telemetry.command_duration.record(result.duration_ms / 1000, {"type": command.type})
         subject = getattr(command.payload, "workspace_id", None) or getattr(command.payload, "name", None)
@@ -361,7 +558,7 @@ class Dispatcher:
             result.status.value,
             result.duration_ms,
             command.command_id,
-            f": {error}" if error else "",
+            f": {printable(error)}" if error else "",
             extra={
                 "command_id": command.command_id,
                 "command_type": command.type,
@@ -376,51 +573,85 @@ class Dispatcher:
     async def _reject(self, rejection: Rejection, message: RabbitMessage, received: datetime) -> None:
         log.warning(
             "rejected message %s (command %s): %s",
-            message.raw_message.message_id or message.raw_message.delivery_tag,
-            rejection.command_id or "unreadable",
-            rejection.error,
+            printable(message.raw_message.message_id or message.raw_message.delivery_tag),
+            printable(rejection.command_id or "unreadable"),
+            printable(rejection.error),
         )
         if rejection.command_id is None:
             self.counters.by_status[Status.REJECTED] += 1
-            await message.reject(requeue=False)
+            await self._dead_letter(message)
             return
-        now = utcnow()
-        result = Result(
-            command_id=rejection.command_id,
-            type=rejection.command_type,
-            status=Status.REJECTED,
-            host_id=self.settings.host_id,
-            worker_id=self.worker_id,
-            error=rejection.error.info(),
-            started_at=received,
-            finished_at=now,
-            duration_ms=round((now - received).total_seconds() * 1000, 3),
-            attempt=self._attempt(message),
-        )
+        result = self._result(rejection.command_id, rejection.command_type, rejection.error, received, message)
         await self._finish(result, message, settle="reject")
 
     @staticmethod
     def _settle_for(status: Status) -> str:
         return "reject" if status is Status.REJECTED else "ack"
 
-    async def _finish(self, result: Result, message: RabbitMessage, *, settle: str) -> None:
-        """Publish the result (confirmed), then ack — or reject into the dead-letter queue."""
+    async def _finish(self, result: Result, message: RabbitMessage, *, settle: str, key: str | None = None) -> None:
+        """Publish the result (confirmed), then ack — or dead-letter it. ``key``: the store
+        entry this result is (to mark published); None for results that are not stored."""
         try:
             await self._publish_result(result, message)
         except Exception:
             # Still failing after the retries: requeue it rather than ack it unanswered. The
             # redelivery is answered from the store (nothing runs twice); if publishing keeps
             # failing, the delivery limit dead-letters it.
-            log.exception("could not publish the result of %s; requeueing the command", result.command_id)
+            log.exception("could not publish the result of %s; requeueing the command", printable(result.command_id))
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
             return
-        self.store.mark_published(result.command_id)
+        if key is not None:
+            self.store.mark_published(key)
         self.counters.by_status[result.status] += 1
         if settle == "reject":
-            await message.reject(requeue=False)
+            await self._dead_letter(message)
         else:
             await message.ack()
+
+    async def _dead_letter(self, message: RabbitMessage) -> None:
+        """Reject a message into the dead-letter queue — unless it carries a secret: then a
+        redacted copy goes to the dead-letter exchange (confirmed) and the original is acked."""
+        raw = message.raw_message
+        redaction = redact(message.body, self.settings.max_body_bytes)
+        if redaction is None:
+            await message.reject(requeue=False)
+            return
+        body, redacted = redaction
+        headers: dict[str, Any] = dict(raw.headers or {})
+        headers[REDACTED_HEADER] = ",".join(redacted)
+        headers.setdefault("x-dockhand-dead-lettered-by", self.worker_id)
+        if raw.user_id:
+            # Not as user_id: the broker checks that property against our own connection's user.
+            headers.setdefault("x-dockhand-original-user-id", raw.user_id)
+        properties = {
+            name: value
+            for name, value in {
+                "message_id": raw.message_id,
+                "correlation_id": raw.correlation_id,
+                "reply_to": raw.reply_to,
+                "message_type": raw.type,
+                "timestamp": raw.timestamp,
+            }.items()
+            if value is not None
+        }
+        try:
+            await self.publisher.confirmed(
+                body,
+                exchange=self.topology.dead,
+                routing_key=raw.routing_key or "",
+                persist=True,
+                headers=headers,
+                **properties,
+            )
+        except Exception:
+            # Never reject the original (it would keep the secret): requeue it and try again.
+            log.exception("could not dead-letter a redacted copy of %s; requeueing it", printable(raw.message_id))
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            return
+        log.info("dead-lettered a redacted copy of message %s (%s)", printable(raw.message_id), ", ".join(redacted))
+        await message.ack()
 
     async def _publish_result(self, result: Result, message: RabbitMessage) -> None:
         payload = result.model_dump_json().encode()
@@ -451,4 +682,6 @@ class Dispatcher:
             task.cancel()
         if late:
             log.warning("drain: %d command(s) did not finish in time; they will be redelivered", len(late))
+            # A moment for what a cancelled command cleans up (an exec kills its processes).
+            await asyncio.wait(late, timeout=5)
         return not late

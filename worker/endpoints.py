@@ -18,6 +18,10 @@ log = logging.getLogger("dockhand.http")
 Check = Callable[[], Awaitable[dict[str, bool]]]
 
 
+class HttpPortError(Exception):
+    """The HTTP endpoint cannot listen (port taken, address not available, no permission)."""
+
+
 class Endpoints:
     """The worker's small HTTP server."""
 
@@ -48,7 +52,16 @@ class Endpoints:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise HttpPortError(
+                f"cannot listen on {self._host}:{self._port} for /healthz, /readyz and /metrics: "
+                f"{exc.strerror or exc}; set DOCKHAND_HTTP_PORT to a free port (0 picks one) "
+                "or DOCKHAND_HTTP_ENABLED=false"
+            ) from None
         addresses = self._runner.addresses
         self.port = int(addresses[0][1]) if addresses else self._port
         log.info("http: listening on %s:%s (/healthz /readyz /metrics)", self._host, self.port)

@@ -9,23 +9,79 @@ already did. The dispatcher writes a result *before* publishing it and marks it 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import os
+import secrets
 import sqlite3
 from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from schemas import Result
+from pydantic import SecretStr
+
+from schemas import Result, WireModel
+
+
+def store_key(owner: str | None, command_id: str) -> str:
+    """The one place a store key is made: ``command_id``, scoped by its sender with tenancy on.
+
+    Alice's id "1" and Bob's id "1" are different commands. The owner is length-prefixed so no
+    choice of owner and id can produce another pair's key.
+    """
+    if owner is None:
+        return command_id
+    return f"~{len(owner)}:{owner}:{command_id}"
+
+
+def _canonical(value: Any) -> Any:
+    """JSON's ``default`` for a payload dumped in python mode: secrets count by their value."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, set | frozenset | tuple):
+        return sorted(value, key=str)
+    return str(value)
+
+
+@dataclass(slots=True)
+class Entry:
+    """A stored result, whether it was published, and the fingerprint of the command it answers
+    (``None`` for a row written before fingerprints existed: it then matches any repeat)."""
+
+    result: Result
+    published: bool
+    fingerprint: str | None = None
 
 
 class ResultStore:
-    """A bounded store of final results, optionally persisted at ``path``."""
+    """A bounded store of final results, optionally persisted at ``path``.
+
+    Results are kept under a key from :func:`store_key` (the journal's ``command_id`` column
+    holds that key), with the :meth:`fingerprint` of the command that produced them, so that
+    a ``command_id`` sent again with another type or payload can be told apart from a repeat.
+    """
 
     def __init__(self, capacity: int, path: Path | None = None) -> None:
         self._capacity = capacity
-        self._results: OrderedDict[str, tuple[Result, bool]] = OrderedDict()
+        self._results: OrderedDict[str, Entry] = OrderedDict()
         self._db: sqlite3.Connection | None = None
         self._writes = 0
+        # The fingerprint key: random per journal (shared by every process on the state
+        # directory), per process without one. Fingerprints cover registry passwords, so they
+        # are keyed hashes — a journal on its own does not let anyone test password guesses
+        # against a plain hash that other journals would share.
+        self._hmac_key = secrets.token_bytes(32)
         if path is not None and capacity > 0:
             path.parent.mkdir(parents=True, exist_ok=True)
+            # Results (exec output, …) and the key are nobody else's business: owner-only. SQLite
+            # creates the -wal and -shm files with the database file's mode.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
             self._db = sqlite3.connect(path, isolation_level=None)
             # WAL + NORMAL: a committed row survives the process being killed (it is in the OS
             # cache), at a fraction of the cost of an fsync per command.
@@ -34,60 +90,90 @@ class ResultStore:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS results ("
                 " seq INTEGER PRIMARY KEY AUTOINCREMENT, command_id TEXT UNIQUE NOT NULL,"
-                " body TEXT NOT NULL, published INTEGER NOT NULL)"
+                " body TEXT NOT NULL, published INTEGER NOT NULL, fingerprint TEXT)"
             )
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
+            if "fingerprint" not in columns:  # a journal from before fingerprints: migrate in place
+                try:
+                    self._db.execute("ALTER TABLE results ADD COLUMN fingerprint TEXT")
+                except sqlite3.OperationalError as exc:  # another process on this directory did it first
+                    if "duplicate column" not in str(exc):
+                        raise
+            self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
+            # First writer wins; every process on the journal then reads the same key.
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES ('fingerprint_key', ?)", (self._hmac_key,)
+            )
+            (self._hmac_key,) = self._db.execute("SELECT value FROM meta WHERE name = 'fingerprint_key'").fetchone()
             rows = self._db.execute(
-                "SELECT body, published FROM results ORDER BY seq DESC LIMIT ?", (capacity,)
+                "SELECT command_id, body, published, fingerprint FROM results ORDER BY seq DESC LIMIT ?", (capacity,)
             ).fetchall()
-            for body, published in reversed(rows):
-                result = Result.model_validate_json(body)
-                self._results[result.command_id] = (result, bool(published))
+            for key, body, published, fingerprint in reversed(rows):
+                self._results[key] = Entry(Result.model_validate_json(body), bool(published), fingerprint)
 
-    def _lookup(self, command_id: str) -> tuple[Result, bool] | None:
-        entry = self._results.get(command_id)
+    def fingerprint(self, command_type: str, payload: WireModel | None) -> str:
+        """What binds a ``command_id`` to its command: a keyed hash of the type and the
+        validated payload (canonical JSON, defaults filled in, secrets by value; ``expires_at``
+        is left out: a resend may carry a fresh deadline)."""
+        dumped = payload.model_dump(mode="python") if payload is not None else None
+        canonical = json.dumps(
+            [command_type, dumped], sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical
+        )
+        return hmac.new(self._hmac_key, canonical.encode(), hashlib.sha256).hexdigest()
+
+    def lookup(self, key: str) -> Entry | None:
+        """The stored entry under ``key``, from memory or the journal."""
+        entry = self._results.get(key)
         if entry is not None:
-            self._results.move_to_end(command_id)
+            self._results.move_to_end(key)
             return entry
         if self._db is None:
             return None
         # Not in memory: another process on this state directory (the worker this one took
         # over from) may have written it since start-up.
-        row = self._db.execute("SELECT body, published FROM results WHERE command_id = ?", (command_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT body, published, fingerprint FROM results WHERE command_id = ?", (key,)
+        ).fetchone()
         if row is None:
             return None
-        entry = (Result.model_validate_json(row[0]), bool(row[1]))
-        self._results[command_id] = entry
+        entry = Entry(Result.model_validate_json(row[0]), bool(row[1]), row[2])
+        self._results[key] = entry
         return entry
 
-    def get(self, command_id: str) -> Result | None:
-        entry = self._lookup(command_id)
-        return entry[0] if entry is not None else None
+    def get(self, key: str) -> Result | None:
+        entry = self.lookup(key)
+        return entry.result if entry is not None else None
 
-    def is_published(self, command_id: str) -> bool:
-        entry = self._lookup(command_id)
-        return entry is not None and entry[1]
+    def is_published(self, key: str) -> bool:
+        entry = self.lookup(key)
+        return entry is not None and entry.published
 
-    def put(self, result: Result, *, published: bool = True) -> None:
+    def put(
+        self, result: Result, *, published: bool = True, key: str | None = None, fingerprint: str | None = None
+    ) -> None:
+        """Keep ``result`` under ``key`` (default: its ``command_id``, i.e. unscoped), bound to
+        the ``fingerprint`` of its command."""
         if self._capacity == 0:
             return
-        self._results[result.command_id] = (result, published)
-        self._results.move_to_end(result.command_id)
+        key = result.command_id if key is None else key
+        self._results[key] = Entry(result, published, fingerprint)
+        self._results.move_to_end(key)
         while len(self._results) > self._capacity:
             self._results.popitem(last=False)
         if self._db is not None:
             self._db.execute(
-                "INSERT OR REPLACE INTO results (command_id, body, published) VALUES (?, ?, ?)",
-                (result.command_id, result.model_dump_json(), int(published)),
+                "INSERT OR REPLACE INTO results (command_id, body, published, fingerprint) VALUES (?, ?, ?, ?)",
+                (key, result.model_dump_json(), int(published), fingerprint),
             )
             self._prune()
 
-    def mark_published(self, command_id: str) -> None:
-        entry = self._results.get(command_id)
-        if entry is None or entry[1]:
+    def mark_published(self, key: str) -> None:
+        entry = self._results.get(key)
+        if entry is None or entry.published:
             return
-        self._results[command_id] = (entry[0], True)
+        entry.published = True
         if self._db is not None:
-            self._db.execute("UPDATE results SET published = 1 WHERE command_id = ?", (command_id,))
+            self._db.execute("UPDATE results SET published = 1 WHERE command_id = ?", (key,))
 
     def _prune(self) -> None:
         assert self._db is not None

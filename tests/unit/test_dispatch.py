@@ -8,14 +8,19 @@ import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from schemas import ErrorCode, Result, Status
 from schemas import commands as c
-from worker.dispatch import Lanes, Rejection, parse
+from schemas.results import ExecOutput, HostInfo
+from worker.dispatch import Dispatcher, Lanes, Rejection, parse, printable, redact
+from worker.errors import rejected
+from worker.settings import Settings
 from worker.store import ResultStore
+from worker.topology import Topology
 
 LIMIT = 64 * 1024
 
@@ -143,8 +148,14 @@ def test_oversize_body() -> None:
     body = _body(command_id="c1", type="host.info", payload={}, pad="x" * 2000)
     rejection = _rejection(body, limit=1024)
     assert rejection.error.code is ErrorCode.INVALID_COMMAND
-    assert rejection.command_id is None
+    # The id leads the body: the sender is answered instead of left to time out.
+    assert rejection.command_id == "c1"
     assert "exceeds" in rejection.error.message
+
+
+def test_oversize_body_without_a_leading_id_is_unreadable() -> None:
+    body = _body(type="host.info", command_id="c1", pad="x" * 2000)
+    assert _rejection(body, limit=1024).command_id is None
 
 
 def test_body_at_the_limit_is_accepted() -> None:
@@ -250,12 +261,74 @@ def test_random_json_envelopes_are_commands_or_rejections() -> None:
 
 
 @pytest.mark.parametrize(
-    ("command_id", "readable"),
-    [("c", True), ("x" * 128, True), ("x" * 129, False), ("x" * 200, False), ("", False), (17, False), (None, False)],
+    ("command_id", "shown"),
+    [
+        ("c", "c"),
+        ("x" * 128, "x" * 128),
+        # Readable but invalid: answered under an escaped id cut to 128 characters.
+        ("x" * 129, "x" * 125 + "..."),
+        ("x" * 200, "x" * 125 + "..."),
+        ("a\nb", "a\\nb"),
+        ("a\x1b[2Jb\x85\u2028", "a\\x1b[2Jb\\x85\\u2028"),
+        ("", None),
+        (17, None),
+        (None, None),
+    ],
 )
-def test_command_id_readability(command_id: Any, readable: bool) -> None:
+def test_command_id_readability(command_id: Any, shown: str | None) -> None:
     rejection = _rejection(_body(command_id=command_id, type="no.such"))
-    assert rejection.command_id == (command_id if readable else None)
+    assert rejection.command_id == shown
+    if shown is not None:
+        # What a result carries is itself a valid id: no control characters, at most 128.
+        assert 1 <= len(shown) <= 128
+        assert shown.isprintable()
+
+
+@pytest.mark.parametrize("command_id", ["x" * 129, "c\n2026-01-01 INFO forged", "c\r1", "c\x00", "c\x7f", "c\u202e"])
+def test_invalid_command_id_is_rejected_with_a_clear_reason(command_id: str) -> None:
+    rejection = _rejection(_body(command_id=command_id, type="host.info"))
+    assert rejection.error.code is ErrorCode.INVALID_COMMAND
+    assert "command_id must be 1 to 128 printable characters" in rejection.error.message
+    assert rejection.command_type == "host.info"
+    assert rejection.command_id is not None
+    assert rejection.command_id.isprintable()
+
+
+@pytest.mark.parametrize("command_id", ["c 1", "ünï-1", "a/b:c@d", "x" * 128])
+def test_printable_command_ids_stay_valid(command_id: str) -> None:
+    assert parse(_body(command_id=command_id, type="host.info"), "host-a.host.info", LIMIT).command_id == command_id
+
+
+@pytest.mark.parametrize(
+    ("field", "payload_type", "payload"),
+    [
+        ("expires_at", "host.info", None),
+        ("since", "workspace.logs", {"workspace_id": "ws1"}),
+    ],
+)
+def test_naive_datetimes_are_rejected(field: str, payload_type: str, payload: dict[str, Any] | None) -> None:
+    fields: dict[str, Any] = {"command_id": "c1", "type": payload_type}
+    if field == "expires_at":
+        fields["expires_at"] = "2026-11-23T08:00:00"
+    else:
+        fields["payload"] = {**(payload or {}), field: "2026-11-23T08:00:00"}
+    rejection = _rejection(_body(**fields), f"host-a.{payload_type}")
+    assert rejection.error.code is ErrorCode.INVALID_COMMAND
+    assert rejection.command_id == "c1"
+    assert field in rejection.error.message
+    assert "timezone" in rejection.error.message
+
+
+def test_aware_datetimes_in_any_zone_are_accepted() -> None:
+    command = parse(
+        _body(command_id="c1", type="host.info", expires_at="2026-11-23T09:00:00+01:00"), "host-a.host.info", LIMIT
+    )
+    assert command.expires_at == datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+
+
+def test_printable_escapes_what_would_forge_a_log_line() -> None:
+    assert printable("a\nb\r\x1b\x85\u2028\u202e ok ü") == "a\\nb\\r\\x1b\\x85\\u2028\\u202e ok ü"
+    assert "\n" not in printable("x\n" * 10)
 
 
 # --- parse: valid commands --------------------------------------------------------------
@@ -451,3 +524,300 @@ def test_store_capacity_zero_stores_nothing() -> None:
 
 def test_store_miss() -> None:
     assert ResultStore(5).get("nope") is None
+
+
+# --- redact: what a dead letter may keep ------------------------------------------------
+
+
+def test_redact_removes_registry_passwords_and_tokens() -> None:
+    body = _body(
+        command_id="c1",
+        type="workspace.create",
+        payload={
+            "workspace_id": "ws1",
+            "image": "reg.example/a:1",
+            "registry_auth": {"username": "u", "password": "hunter2"},
+            "env": {"GITHUB_TOKEN": "ghp_abc", "PLAIN": "keep-me"},
+        },
+    )
+    redaction = redact(body, LIMIT)
+    assert redaction is not None
+    cleaned, found = redaction
+    assert b"hunter2" not in cleaned
+    assert b"ghp_abc" not in cleaned
+    assert b"keep-me" in cleaned
+    assert b'"command_id": "c1"' in cleaned
+    assert found == ["payload.registry_auth.password", "payload.env.GITHUB_TOKEN"]
+
+
+def test_redact_cuts_an_unparseable_body_before_the_secret() -> None:
+    body = b'{"command_id": "c1", "payload": {"registry_auth": {"username": "u", "password": "hunter2'
+    cleaned, found = redact(body, LIMIT) or (b"", [])
+    assert b"hunter2" not in cleaned
+    assert cleaned.startswith(b'{"command_id": "c1"')
+    assert found
+    assert found[0].startswith("body[")
+
+
+def test_redact_cuts_an_oversize_body_without_parsing_it() -> None:
+    body = _body(command_id="c1", registry_auth={"password": "hunter2"}, pad="x" * 5000)
+    cleaned, _ = redact(body, 1024) or (b"", [])
+    assert b"hunter2" not in cleaned
+    assert cleaned.startswith(b'{"command_id": "c1"')
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _body(command_id="c1", type="host.info"),
+        _body(command_id="c1", type="workspace.exec", payload={"command": ["echo", "my password"]}),
+        b"\xff\xfe not json at all",
+    ],
+)
+def test_redact_leaves_bodies_without_secrets_alone(body: bytes) -> None:
+    assert redact(body, LIMIT) is None
+
+
+# --- the dispatcher with fakes: conflicts, the exec pool, redacted dead letters ------------
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, dict[str, Any]]] = []
+
+    async def confirmed(self, payload: bytes, **options: Any) -> None:
+        self.sent.append((payload, options))
+
+    def results(self, command_id: str) -> list[dict[str, Any]]:
+        out = []
+        for payload, options in self.sent:
+            if options.get("message_type") == "dockhand.result" and "exchange" in options:
+                body = json.loads(payload)
+                if body["command_id"] == command_id:
+                    out.append(body)
+        return out
+
+    def dead_letters(self) -> list[tuple[bytes, dict[str, Any]]]:
+        return [(p, o) for p, o in self.sent if getattr(o.get("exchange"), "name", "").endswith(".dead")]
+
+
+class FakeMessage:
+    def __init__(self, body: bytes | dict[str, Any], routing_key: str) -> None:
+        self.body = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.raw_message = SimpleNamespace(
+            channel=None,
+            delivery_tag=None,
+            routing_key=routing_key,
+            user_id=None,
+            redelivered=False,
+            headers={"x-trace": "t1"},
+            correlation_id="corr-1",
+            reply_to=None,
+            message_id="m-1",
+            type=None,
+            timestamp=None,
+        )
+        self.settled: list[str] = []
+        self.done = asyncio.Event()
+
+    async def _settle(self, how: str) -> None:
+        self.settled.append(how)
+        self.done.set()
+
+    async def ack(self) -> None:
+        await self._settle("ack")
+
+    async def reject(self, requeue: bool = False) -> None:
+        await self._settle("reject")
+
+    async def nack(self, requeue: bool = True) -> None:
+        await self._settle("nack")
+
+
+class FakeOps:
+    """Just enough of DockerOps: host.info, an exec that waits for a gate, a policy that forbids."""
+
+    def __init__(self) -> None:
+        self.execs: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def host_info(self) -> HostInfo:
+        return HostInfo(
+            host_id="host-a", docker_version="1", api_version="1", os="x", cpus=1, memory_bytes=1, containers=0
+        )
+
+    async def exec_workspace(self, p: c.WorkspaceExec) -> ExecOutput:
+        self.execs.append(p.command)
+        await self.gate.wait()
+        return ExecOutput(exit_code=0, stdout=" ".join(p.command), stderr="", truncated=False)
+
+    def check_create(self, p: c.WorkspaceCreate) -> None:
+        raise rejected(ErrorCode.FORBIDDEN, "labels under dockhand. are reserved")
+
+
+def _dispatcher(**overrides: Any) -> tuple[Dispatcher, FakePublisher, FakeOps]:
+    base: dict[str, Any] = {"host_id": "host-a", "worker_id": "host-a-t", "docker_host": None, "state_dir": None}
+    settings = Settings(**{**base, **overrides})
+    publisher = FakePublisher()
+    dispatcher = Dispatcher(settings, Topology(settings), publisher)  # type: ignore[arg-type]
+    ops = FakeOps()
+    dispatcher.ops = ops  # type: ignore[assignment]
+    return dispatcher, publisher, ops
+
+
+def _submit(dispatcher: Dispatcher, body: bytes | dict[str, Any], command_type: str) -> FakeMessage:
+    message = FakeMessage(body, f"host-a.{command_type}")
+    dispatcher.submit(message.body, message)  # type: ignore[arg-type]
+    return message
+
+
+async def _settled(message: FakeMessage, timeout: float = 5) -> list[str]:
+    await asyncio.wait_for(message.done.wait(), timeout)
+    return message.settled
+
+
+def _exec(command_id: str, workspace_id: str, *argv: str) -> dict[str, Any]:
+    return {
+        "command_id": command_id,
+        "type": "workspace.exec",
+        "payload": {"workspace_id": workspace_id, "command": list(argv)},
+    }
+
+
+async def test_a_reused_command_id_with_another_payload_is_a_conflict_and_runs_nothing() -> None:
+    dispatcher, publisher, ops = _dispatcher()
+    assert await _settled(_submit(dispatcher, _exec("c1", "ws1", "echo", "a"), "workspace.exec")) == ["ack"]
+    original = publisher.results("c1")[0]
+    assert original["status"] == "succeeded"
+
+    squat = _submit(dispatcher, _exec("c1", "ws1", "echo", "b"), "workspace.exec")
+    assert await _settled(squat) == ["ack"]
+    other_type = _submit(dispatcher, {"command_id": "c1", "type": "host.info"}, "host.info")
+    assert await _settled(other_type) == ["ack"]
+    for conflict in publisher.results("c1")[1:]:
+        assert conflict["status"] == "failed"
+        assert conflict["error"]["code"] == "conflict"
+        assert conflict["error"]["retryable"] is False
+        assert conflict["result"] is None  # the other command's result is not handed over
+    assert ops.execs == [["echo", "a"]]
+
+    # The original is still what a true repeat gets, verbatim.
+    assert await _settled(_submit(dispatcher, _exec("c1", "ws1", "echo", "a"), "workspace.exec")) == ["ack"]
+    assert publisher.results("c1")[-1] == original
+    assert ops.execs == [["echo", "a"]]
+
+
+async def test_exec_pool_is_separate_and_bounded() -> None:
+    dispatcher, publisher, ops = _dispatcher(max_concurrency=1, max_concurrent_execs=2)
+    ops.gate.clear()
+    running = [_submit(dispatcher, _exec(f"e{i}", f"ws{i}", "sleep", "30"), "workspace.exec") for i in range(2)]
+    extra = _submit(dispatcher, _exec("e2", "ws2", "sleep", "30"), "workspace.exec")
+    assert await _settled(extra, timeout=1) == ["ack"]
+    refused = publisher.results("e2")[0]
+    assert refused["status"] == "failed"
+    assert refused["error"]["code"] == "capacity"
+    assert refused["error"]["retryable"] is True
+    # The one command slot is free for everything else while both execs run.
+    info = _submit(dispatcher, {"command_id": "h1", "type": "host.info"}, "host.info")
+    assert await _settled(info, timeout=1) == ["ack"]
+    assert publisher.results("h1")[0]["status"] == "succeeded"
+    assert not any(m.done.is_set() for m in running)
+    ops.gate.set()
+    for message in running:
+        assert await _settled(message) == ["ack"]
+    # The pool is free again; a refused exec is not remembered, so its id can be sent again.
+    assert await _settled(_submit(dispatcher, _exec("e2", "ws2", "true"), "workspace.exec")) == ["ack"]
+    assert publisher.results("e2")[-1]["status"] == "succeeded"
+
+
+async def test_exec_waiting_in_its_lane_counts_against_the_pool() -> None:
+    dispatcher, publisher, ops = _dispatcher(max_concurrent_execs=2)
+    ops.gate.clear()
+    first = _submit(dispatcher, _exec("l0", "ws1", "sleep", "30"), "workspace.exec")
+    second = _submit(dispatcher, _exec("l1", "ws1", "sleep", "30"), "workspace.exec")  # waits behind l0
+    third = _submit(dispatcher, _exec("l2", "ws1", "sleep", "30"), "workspace.exec")
+    assert await _settled(third, timeout=1) == ["ack"]
+    assert publisher.results("l2")[0]["error"]["code"] == "capacity"
+    ops.gate.set()
+    assert await _settled(first) == ["ack"]
+    assert await _settled(second) == ["ack"]
+
+
+def _create_with_auth(**payload: Any) -> dict[str, Any]:
+    return {
+        "command_id": "cr1",
+        "type": "workspace.create",
+        "payload": {
+            "workspace_id": "ws1",
+            "image": "reg.example/a:1",
+            "registry_auth": {"username": "u", "password": "hunter2"},
+            **payload,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _create_with_auth(),  # valid, but the (fake) policy forbids it
+        _create_with_auth(privileged=True),  # a schema violation
+        json.dumps(_create_with_auth()).encode()[:-5],  # not JSON
+    ],
+    ids=["policy", "schema", "unparseable"],
+)
+async def test_rejected_message_with_a_secret_is_dead_lettered_redacted(body: bytes | dict[str, Any]) -> None:
+    dispatcher, publisher, _ = _dispatcher()
+    message = _submit(dispatcher, body, "workspace.create")
+    assert await _settled(message) == ["ack"]  # not rejected: the broker's copy would keep the password
+    [(dead, options)] = publisher.dead_letters()
+    assert b"hunter2" not in dead
+    assert b"cr1" in dead
+    assert options["routing_key"] == "host-a.workspace.create"
+    assert options["headers"]["x-trace"] == "t1"
+    assert (
+        "password" in options["headers"]["x-dockhand-redacted"] or "body[" in options["headers"]["x-dockhand-redacted"]
+    )
+    assert options["message_id"] == "m-1"
+    assert publisher.results("cr1")[0]["status"] == "rejected"
+
+
+async def test_rejected_message_without_a_secret_is_rejected_untouched() -> None:
+    dispatcher, publisher, _ = _dispatcher()
+    message = _submit(dispatcher, {"command_id": "x1", "type": "host.info", "junk": 1}, "host.info")
+    assert await _settled(message) == ["reject"]
+    assert publisher.dead_letters() == []
+
+
+async def test_oversize_and_overlong_ids_are_answered() -> None:
+    dispatcher, publisher, _ = _dispatcher(max_body_bytes=1024)
+    big = _submit(dispatcher, {"command_id": "big-1", "type": "host.info", "pad": "x" * 2000}, "host.info")
+    assert await _settled(big) == ["reject"]
+    assert publisher.results("big-1")[0]["error"]["code"] == "invalid_command"
+    long_id = "L" * 300
+    overlong = _submit(dispatcher, {"command_id": long_id, "type": "host.info"}, "host.info")
+    assert await _settled(overlong) == ["reject"]
+    [answer] = publisher.results("L" * 125 + "...")
+    assert answer["status"] == "rejected"
+    assert "command_id must be" in answer["error"]["message"]
+
+
+async def test_rejection_log_line_escapes_sender_values(caplog: pytest.LogCaptureFixture) -> None:
+    dispatcher, _, _ = _dispatcher()
+    body = {"command_id": "c1\n2026-01-01 00:00:00 INFO forged line", "type": "host.info"}
+    message = FakeMessage(body, "host-a.host.info")
+    message.raw_message.message_id = "m\r\nforged"
+    dispatcher.submit(message.body, message)  # type: ignore[arg-type]
+    with caplog.at_level("INFO", logger="dockhand.commands"):
+        await _settled(message)
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "\n2026-01-01" not in text
+    assert "\r\n" not in text
+    assert "\\n2026-01-01" in text
+    assert "m\\r\\nforged" in text
+
+
+def test_exec_pool_defaults_to_the_command_concurrency() -> None:
+    base: dict[str, Any] = {"host_id": "host-a", "docker_host": None, "state_dir": None}
+    assert Settings(**base, max_concurrency=3).exec_slots == 3
+    assert Settings(**base, max_concurrency=3, max_concurrent_execs=1).exec_slots == 1
