@@ -25,7 +25,7 @@ REGISTRY_REPO=dockhand-test/busybox
 REGISTRY_IMAGE=$REGISTRY/$REGISTRY_REPO:latest
 AMQP_URL=amqp://guest:guest@localhost:5672/
 
-APT_PACKAGES=(docker.io rabbitmq-server busybox-static docker-registry apache2-utils)
+APT_PACKAGES=(docker.io rabbitmq-server busybox-static docker-registry apache2-utils openssl)
 
 log() { echo "infra: $*"; }
 die() { echo "infra: ERROR: $*" >&2; exit 1; }
@@ -85,7 +85,8 @@ PY
 ensure_packages() {
     local missing=()
     local cmd
-    for cmd in docker dockerd rabbitmq-server rabbitmq-diagnostics rabbitmqctl docker-registry htpasswd; do
+    # openssl: the TLS tests make their certificates with it.
+    for cmd in docker dockerd rabbitmq-server rabbitmq-diagnostics rabbitmqctl docker-registry htpasswd openssl; do
         command -v "$cmd" >/dev/null || missing+=("$cmd")
     done
     # The image is FROM scratch, so it needs the statically linked busybox; Debian's plain

@@ -13,15 +13,16 @@ from faststream import AckPolicy, FastStream
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 from faststream.rabbit.schemas import Channel
+from faststream.security import BaseSecurity
 from faststream.specification import AsyncAPI
 
 from schemas import ContainerEvent, DiscoveryEvent, DiscoverySnapshot, Heartbeat, NetworkEvent, Result
 
-from . import __version__
+from . import __version__, tls
 from .discovery import Discovery
 from .dispatch import Dispatcher
 from .docker_ops import DockerOps
-from .endpoints import Endpoints
+from .endpoints import Endpoints, HttpPortError
 from .events import EventStream
 from .health import HealthMonitor
 from .labels import Labels
@@ -33,8 +34,6 @@ from .telemetry import Telemetry, from_environment
 from .topology import Topology
 
 log = logging.getLogger("dockhand")
-
-DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
 
 
 async def _as_is(message: Any, original: Any) -> Any:
@@ -69,6 +68,8 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
     # line per command outcome instead.
     broker = RabbitBroker(
         settings.amqp_url,
+        # amqps://: verified with the settings' CA and client certificate (worker/tls.py).
+        security=BaseSecurity(ssl_context=settings.amqp_ssl_context) if settings.amqp_ssl_context else None,
         log_level=logging.DEBUG,
         graceful_timeout=settings.shutdown_grace_s,
         middlewares=[
@@ -116,10 +117,24 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
+        if settings.http_enabled:
+            # First, before any connection: a port that is taken ends the start-up with one line.
+            http = Endpoints(settings.http_host, settings.http_port, readiness)
+            try:
+                await http.start()
+            except HttpPortError as exc:
+                telemetry.shutdown()
+                raise SystemExit(f"dockhand: {exc}") from None
+            background["http"] = http
         # A bound for ordinary API calls; aiodocker leaves stop/pull/logs/exec unbounded, and
         # those carry their own limits (stop timeout, pull and exec timeouts).
         timeout = aiohttp.ClientTimeout(total=settings.docker_timeout_s, connect=10)
-        docker = aiodocker.Docker(url=settings.docker_host or DEFAULT_DOCKER_URL, timeout=timeout)
+        # A TCP endpoint gets our own connector, so that TLS is exactly what the settings say
+        # (aiodocker would otherwise consult DOCKER_TLS_VERIFY / DOCKER_CERT_PATH by itself).
+        endpoint = settings.docker_endpoint
+        tls.warn_plaintext(endpoint)
+        connector = endpoint.connector()
+        docker = aiodocker.Docker(url=endpoint.url, connector=connector, timeout=timeout)
         try:
             dispatcher.ops = DockerOps(docker, settings, labels, Policy(settings, labels), telemetry)
             yield
@@ -128,6 +143,8 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
             if "http" in background:
                 await background["http"].stop()
             await docker.close()
+            if connector is not None:  # ours, not aiodocker's: it closes only what it made
+                await connector.close()
             dispatcher.store.close()
             telemetry.shutdown()
 
@@ -176,15 +193,17 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
         # publishes events; standbys wait. Subscribers started with the broker stop until then.
         for subscriber in broker.subscribers:
             await subscriber.stop()
-        leadership = Leadership(settings.amqp_url, topology.leader_lock, on_elected=activate, on_demoted=stand_by)
+        leadership = Leadership(
+            settings.amqp_url,
+            topology.leader_lock,
+            on_elected=activate,
+            on_demoted=stand_by,
+            ssl_context=settings.amqp_ssl_context,
+        )
         health.is_leader = lambda: leadership.leader
         background.update(stream=stream, health=health, leadership=leadership)
         leadership.start()
         health.start()
-        if settings.http_enabled:
-            http = Endpoints(settings.http_host, settings.http_port, readiness)
-            await http.start()
-            background["http"] = http
         log.info(
             "dockhand worker %s ready: host %s, queue %s, max concurrency %d",
             settings.effective_worker_id,

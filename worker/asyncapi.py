@@ -47,6 +47,8 @@ def render() -> str:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2 or (len(sys.argv) == 2 and sys.argv[1].startswith("-")):
+        sys.exit(f"usage: python -m worker.asyncapi [PATH]  (default {DEFAULT_PATH})")
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_PATH
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(render(), encoding="utf-8")

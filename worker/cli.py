@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import ssl
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -86,6 +87,40 @@ ExchangePrefix = Annotated[
         help="Prefix of the exchange names (<prefix>.commands, .results, .events, .health).",
     ),
 ]
+AmqpCaFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--amqp-ca-file",
+        envvar="DOCKHAND_AMQP_CA_FILE",
+        show_envvar=True,
+        help="amqps://: the CA that verifies the broker [default: the system's CAs].",
+    ),
+]
+AmqpCertFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--amqp-cert-file",
+        envvar="DOCKHAND_AMQP_CERT_FILE",
+        show_envvar=True,
+        help="amqps://: client certificate (PEM), for brokers that require one.",
+    ),
+]
+AmqpKeyFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--amqp-key-file", envvar="DOCKHAND_AMQP_KEY_FILE", show_envvar=True, help="amqps://: its private key (PEM)."
+    ),
+]
+
+
+def amqp_tls(url: str, ca_file: Path | None, cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext | None:
+    """The TLS context for ``url``, built as the worker builds its own (worker/tls.py)."""
+    from .tls import TlsConfigError, amqp_context
+
+    try:
+        return amqp_context(url, ca_file, cert_file, key_file)
+    except TlsConfigError as err:
+        fail(str(err), EXIT_INVALID)
 
 
 # --- run, schema ----------------------------------------------------------------------------
@@ -102,7 +137,11 @@ def run() -> None:
         settings = Settings()
     except ValidationError as err:
         problems = "; ".join(
-            f"DOCKHAND_{'_'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}" for e in err.errors()
+            # A check across settings (no loc) names its settings in its own message.
+            f"DOCKHAND_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            if e["loc"]
+            else str(e["msg"]).removeprefix("Value error, ")
+            for e in err.errors()
         )
         _die(f"invalid settings: {problems}", EXIT_INVALID)
     from .logs import setup_logging
@@ -271,6 +310,9 @@ def send(
     list_types: Annotated[bool, typer.Option("--list", help="List the command types and exit.")] = False,
     amqp_url: AmqpUrl = DEFAULT_AMQP_URL,
     exchange_prefix: ExchangePrefix = "dockhand",
+    amqp_ca_file: AmqpCaFile = None,
+    amqp_cert_file: AmqpCertFile = None,
+    amqp_key_file: AmqpKeyFile = None,
 ) -> None:
     """Send one command and print its result.
 
@@ -291,7 +333,8 @@ def send(
 
             expires_at = datetime.now(UTC) + timedelta(seconds=expires_in)
         body = build_command(command_type, load_payload(payload), command_id, expires_at)
-        replies = _run_async(_send(amqp_url, exchange_prefix, target, body, timeout))
+        context = amqp_tls(amqp_url, amqp_ca_file, amqp_cert_file, amqp_key_file)
+        replies = _run_async(_send(amqp_url, exchange_prefix, target, body, timeout, context))
         if not replies:
             what = f"{command_type} {body['command_id']}"
             if target == HostTarget.ALL:
@@ -325,13 +368,15 @@ def _parse_result(raw: bytes) -> dict[str, Any]:
     return result if isinstance(result, dict) else {"status": "failed", "error": {"message": "reply is not an object"}}
 
 
-async def _send(url: str, prefix: str, target: str, body: dict[str, Any], wait_s: float) -> list[bytes]:
+async def _send(
+    url: str, prefix: str, target: str, body: dict[str, Any], wait_s: float, context: ssl.SSLContext | None = None
+) -> list[bytes]:
     import aio_pika
     from aiormq.exceptions import DeliveryError
 
     command_type = body["type"]
     correlation_id = uuid.uuid4().hex
-    connection = await _connect(url)
+    connection = await _connect(url, context)
     async with connection:
         channel = await connection.channel(on_return_raises=True)
         exchange = await _existing_exchange(channel, f"{prefix}.commands", url)
@@ -354,6 +399,10 @@ async def _send(url: str, prefix: str, target: str, body: dict[str, Any], wait_s
                     message_id=body["command_id"],
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     app_id="dockhand-cli",
+                    # With tenancy on, the worker takes the sender from user_id, and RabbitMQ
+                    # checks it against the connection's user: name the URL's user (none with
+                    # EXTERNAL / certificate login, whose user name only the broker knows).
+                    user_id=_url_user(url),
                 ),
                 routing_key=routing_key,
                 mandatory=True,
@@ -366,6 +415,14 @@ async def _send(url: str, prefix: str, target: str, body: dict[str, Any], wait_s
                 EXIT_UNAVAILABLE,
             )
         return await _collect(replies, wait_s, many=target == HostTarget.ALL)
+
+
+def _url_user(url: str) -> str | None:
+    """The user name in an AMQP URL (the first, for a node list), or ``None`` if it names none."""
+    from urllib.parse import unquote, urlsplit
+
+    user = urlsplit(url.split(",", 1)[0].strip()).username
+    return unquote(user) if user else None
 
 
 async def _collect(replies: asyncio.Queue[bytes], wait_s: float, *, many: bool) -> list[bytes]:
@@ -610,6 +667,9 @@ def events(
     ] = None,
     amqp_url: AmqpUrl = DEFAULT_AMQP_URL,
     exchange_prefix: ExchangePrefix = "dockhand",
+    amqp_ca_file: AmqpCaFile = None,
+    amqp_cert_file: AmqpCertFile = None,
+    amqp_key_file: AmqpKeyFile = None,
 ) -> None:
     """Print events and heartbeats as they come, one line each, until Ctrl-C.
 
@@ -632,7 +692,8 @@ def events(
                 body = None
             typer.echo(format_event(routing_key, body))
 
-        seen, timed_out = _run_async(_tail(amqp_url, pairs, show, count, timeout))
+        context = amqp_tls(amqp_url, amqp_ca_file, amqp_cert_file, amqp_key_file)
+        seen, timed_out = _run_async(_tail(amqp_url, pairs, show, count, timeout, context))
     if timed_out and count is not None and seen < count:
         typer.echo(f"dockhand: {seen} of {count} messages within {timeout:g} s", err=True)
         raise typer.Exit(EXIT_TIMEOUT)
@@ -644,24 +705,23 @@ async def _tail(
     show: Callable[[str, bytes], None],
     count: int | None,
     wait_s: float | None,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, bool]:
     """Print messages until ``count``, ``wait_s``, SIGINT or SIGTERM: (how many, timed out)."""
-    import aio_pika
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     seen = 0
-    connection = await _connect(url)
+    connection = await _connect(url, context)
     async with connection:
+        for exchange_name in dict.fromkeys(name for name, _ in pairs):
+            await _ensure_exchange(connection, exchange_name)
         channel = await connection.channel()
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         for exchange_name, routing_key in pairs:
-            # Declared as the worker declares them, so a tail may start before the worker.
-            exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
-            await queue.bind(exchange, routing_key=routing_key)
+            await queue.bind(exchange_name, routing_key=routing_key)
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             nonlocal seen
@@ -685,13 +745,40 @@ async def _tail(
 # --- broker plumbing and error handling -----------------------------------------------------
 
 
-async def _connect(url: str) -> aio_pika.abc.AbstractConnection:
+async def _ensure_exchange(connection: aio_pika.abc.AbstractConnection, name: str) -> None:
+    """Make sure the topic exchange ``name`` exists: declared as the worker declares it, so a tail
+    may start before the worker -- but looked up first, since an event consumer's broker user
+    may read it and not configure it (README: broker users). Each try has its own channel: a
+    refused or failed declare closes it."""
+    import aio_pika
+    from aiormq.exceptions import ChannelAccessRefused, ChannelNotFoundEntity
+
+    channel = await connection.channel()
+    try:
+        await channel.get_exchange(name, ensure=True)  # passive: needs no permission
+        return
+    except ChannelNotFoundEntity:
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+    channel = await connection.channel()
+    try:
+        await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+    except ChannelAccessRefused:
+        fail(f"exchange {name} does not exist yet and this user may not create it: start the worker first")
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+
+
+async def _connect(url: str, context: ssl.SSLContext | None = None) -> aio_pika.abc.AbstractConnection:
     import aio_pika
     from aiormq.exceptions import ProbableAuthenticationError
 
     masked = mask_url(url)
     try:
-        return await asyncio.wait_for(aio_pika.connect(url), CONNECT_TIMEOUT_S)
+        return await asyncio.wait_for(aio_pika.connect(url, ssl_context=context), CONNECT_TIMEOUT_S)
     except ProbableAuthenticationError as err:
         fail(f"RabbitMQ at {masked} refused the login: {_reason(err)}", EXIT_UNAVAILABLE)
     except TimeoutError:
@@ -748,8 +835,10 @@ def _errors() -> Iterator[None]:
     except (typer.Exit, typer.Abort):
         raise
     except Exception as err:  # the last resort: still one line, never a traceback
-        from aiormq.exceptions import AMQPError
+        from aiormq.exceptions import AMQPError, ChannelAccessRefused
 
+        if isinstance(err, ChannelAccessRefused):  # the broker user lacks a permission
+            _die(f"RabbitMQ refused: {_reason(err)}", EXIT_UNAVAILABLE)
         if isinstance(err, AMQPError | ConnectionError):
             _die(f"lost the connection to RabbitMQ: {_reason(err)}", EXIT_UNAVAILABLE)
         _die(f"{type(err).__name__}: {err}", 1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 
 import aio_pika
@@ -32,13 +33,16 @@ class Leadership:
         on_elected: Callable[[], Awaitable[None]],
         on_demoted: Callable[[], Awaitable[None]],
         retry_s: float = 1.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._url = amqp_url
+        self._ssl_context = ssl_context  # the broker's own (worker/tls.py), for amqps://
         self._lock_name = lock_name
         self._on_elected = on_elected
         self._on_demoted = on_demoted
         self._retry_s = retry_s
         self.leader = False
+        self._told_refused = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -55,7 +59,7 @@ class Leadership:
     async def _campaign(self) -> None:
         while True:
             try:
-                connection = await aio_pika.connect(self._url)
+                connection = await aio_pika.connect(self._url, ssl_context=self._ssl_context)
             except Exception as exc:
                 log.debug("leader lock: broker unreachable (%s)", exc)
                 await asyncio.sleep(self._retry_s)
@@ -65,8 +69,13 @@ class Leadership:
             try:
                 channel = await connection.channel()
                 await channel.declare_queue(self._lock_name, exclusive=True, auto_delete=True)
-            except (ChannelLockedResource, ChannelAccessRefused):
+            except (ChannelLockedResource, ChannelAccessRefused) as exc:
                 # Someone else holds it: stand by (and stand down if we thought we led).
+                if "refused for user" in str(exc) and not self._told_refused:
+                    # Not a rival but our broker user's permissions: this worker would stand by
+                    # for ever, so say so (README: broker users, the worker's configure regex).
+                    log.warning("leader lock %s: the broker user may not declare it (%s)", self._lock_name, exc)
+                    self._told_refused = True
                 await self._set(False)
                 with contextlib.suppress(Exception):
                     await connection.close()

@@ -88,6 +88,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from .certs import TlsFiles
+
 __all__ = ["DockerdError", "SecondDockerd", "unique_name"]
 
 # The first /16 of the 172 block: outside docker's default address pools and the 10 block.
@@ -100,6 +102,19 @@ _LONGEST_SOCKET_SUFFIX = len("/containerd/containerd.sock.ttrpc") + 8
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,11}$")  # "br-" + name must fit IFNAMSIZ-1 (15)
 _SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+# Client settings of the caller (dockerd reads DOCKER_TLS_VERIFY / DOCKER_CERT_PATH as defaults of
+# its own --tlsverify / cert flags) and systemd's readiness / socket-activation protocol.
+_CLIENT_ENV = frozenset(
+    {
+        "DOCKER_HOST",
+        "DOCKER_CONTEXT",
+        "DOCKER_TLS_VERIFY",
+        "DOCKER_CERT_PATH",
+        "NOTIFY_SOCKET",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+    }
+)
 
 
 class DockerdError(RuntimeError):
@@ -164,9 +179,15 @@ class SecondDockerd:
 
     ``subnet`` is the bridge's IPv4 subnet (the bridge gets its first address); the default is
     the first /24 of 172.16.0.0/16 that no host route overlaps.
+
+    With ``tls`` (server certificate, key, and the CA client certificates must chain to) the daemon
+    also listens on ``tcp://127.0.0.1:<free port>`` (``tcp_url``) with ``--tlsverify``: TLS, and
+    only clients with a certificate from that CA. The unix socket stays (``cli``, ``load_image``).
     """
 
-    def __init__(self, root: Path, name: str = "dh2", *, subnet: str | None = None) -> None:
+    def __init__(
+        self, root: Path, name: str = "dh2", *, subnet: str | None = None, tls: TlsFiles | None = None
+    ) -> None:
         if not _NAME_RE.match(name):
             raise ValueError(f"name {name!r}: 1-12 characters of [a-z0-9-] (the bridge is br-<name>)")
         self.root = Path(root).absolute()
@@ -193,6 +214,12 @@ class SecondDockerd:
         self._proc: subprocess.Popen[bytes] | None = None
         self.last_start_seconds: float | None = None
         self.last_stop_seconds: float | None = None
+        self.tls = tls
+        self.tcp_port: int | None = None
+        if tls is not None:  # kept across restarts
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                self.tcp_port = int(s.getsockname()[1])
 
     # -- public API -------------------------------------------------------------------------
 
@@ -200,6 +227,13 @@ class SecondDockerd:
     def url(self) -> str:
         """``unix:///…/docker.sock``, for ``aiodocker.Docker(url=…)`` / ``DOCKHAND_DOCKER_HOST``."""
         return f"unix://{self.socket_path}"
+
+    @property
+    def tcp_url(self) -> str:
+        """``tcp://127.0.0.1:<port>``, the TLS endpoint (only with ``tls``)."""
+        if self.tcp_port is None:
+            raise DockerdError(f"{self} has no TCP listener (SecondDockerd(..., tls=...))")
+        return f"tcp://127.0.0.1:{self.tcp_port}"
 
     @property
     def bip(self) -> str | None:
@@ -378,6 +412,15 @@ class SecondDockerd:
 
     def _dockerd_argv(self) -> list[str]:
         # No --default-address-pool and no --bridge=none: either makes dockerd delete docker0.
+        tls = []
+        if self.tls is not None:
+            tls = [
+                "--tlsverify",
+                f"--tlscacert={self.tls.ca}",
+                f"--tlscert={self.tls.cert}",
+                f"--tlskey={self.tls.key}",
+                f"--host=tcp://127.0.0.1:{self.tcp_port}",
+            ]
         return [
             "dockerd",
             f"--config-file={self.config_file}",
@@ -391,6 +434,7 @@ class SecondDockerd:
             "--ip-masq=false",
             f"--containerd-namespace={self.namespace}",
             f"--containerd-plugins-namespace={self.namespace}-plugins",
+            *tls,
         ]
 
     def _env(self) -> dict[str, str]:
@@ -398,7 +442,7 @@ class SecondDockerd:
             k: v
             for k, v in os.environ.items()
             # not the primary's client settings, and no systemd readiness/socket-activation protocol
-            if k not in ("DOCKER_HOST", "DOCKER_CONTEXT", "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID")
+            if k not in _CLIENT_ENV
         }
         path = env.get("PATH", "/usr/bin:/bin").split(":")
         env["PATH"] = ":".join(path + [d for d in _SBIN if d not in path])  # containerd, docker-proxy, runc

@@ -90,6 +90,8 @@ from typing import Any
 
 import aio_pika
 
+from .certs import TlsFiles
+
 __all__ = ["RabbitError", "SecondRabbit", "epmd_names", "unique_name"]
 
 PRIMARY_COOKIE = Path("/var/lib/rabbitmq/.erlang.cookie")
@@ -235,9 +237,14 @@ class SecondRabbit:
 
     ``name`` is the node's short name (default ``dh-<6 hex>``); the node is ``<name>@localhost``.
     Ports are picked on first use (``url`` or ``start()``) and kept across restarts.
+
+    With ``tls`` (a server certificate, its key and the CA that client certificates must chain
+    to) the node also has a TLS listener on its own 127.0.0.1 port (``ssl_url``) that requires a
+    client certificate: ``ssl_options.verify = verify_peer``, ``fail_if_no_peer_cert = true``. The
+    plain listener stays (the start-up check and ``ctl`` use it).
     """
 
-    def __init__(self, root: Path, name: str | None = None) -> None:
+    def __init__(self, root: Path, name: str | None = None, *, tls: TlsFiles | None = None) -> None:
         name = name or unique_name()
         if not name or len(name) > 40 or not set(name) <= _NAME_OK:
             raise ValueError(f"node name {name!r}: 1-40 characters of [A-Za-z0-9_-]")
@@ -256,6 +263,8 @@ class SecondRabbit:
         self.log_path = self.log_base / f"{self.node}.log"
         self.port: int | None = None
         self.dist_port: int | None = None
+        self.tls = tls
+        self.ssl_port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._flags_enabled = False
         self.last_start_seconds: float | None = None
@@ -270,6 +279,14 @@ class SecondRabbit:
         """``amqp://guest:guest@127.0.0.1:<port>/`` (the port is picked now if not yet)."""
         self._ensure_ports()
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def ssl_url(self) -> str:
+        """``amqps://guest:guest@127.0.0.1:<ssl port>/`` (only with ``tls``)."""
+        if self.tls is None:
+            raise RabbitError(f"{self} has no TLS listener (SecondRabbit(..., tls=...))")
+        self._ensure_ports()
+        return f"amqps://guest:guest@127.0.0.1:{self.ssl_port}/"
 
     @property
     def running(self) -> bool:
@@ -476,6 +493,8 @@ class SecondRabbit:
             self.port = _free_port(exclude=set())
         if self.dist_port is None:
             self.dist_port = _free_port(exclude={self.port})
+        if self.tls is not None and self.ssl_port is None:
+            self.ssl_port = _free_port(exclude={self.port, self.dist_port})
 
     @staticmethod
     def _script(name: str) -> str:
@@ -523,7 +542,7 @@ class SecondRabbit:
             "# written by tests/integration/rabbit2.py\n"
             "loopback_users.guest = true\n"  # the default: guest works from 127.0.0.1 only
             "log.console = false\n"
-            "log.file.level = info\n"
+            "log.file.level = info\n" + self._tls_config()
         )
         self.plugins_file.write_text("[].\n")
         self.env_file.write_text("")
@@ -531,9 +550,25 @@ class SecondRabbit:
         self._clear_stale_pidfile()
         assert self.port is not None
         assert self.dist_port is not None
-        for what, port in (("AMQP", self.port), ("distribution", self.dist_port)):
+        ports = [("AMQP", self.port), ("distribution", self.dist_port)]
+        if self.ssl_port is not None:
+            ports.append(("AMQPS", self.ssl_port))
+        for what, port in ports:
             if not _port_free(port):
                 raise RabbitError(f"{self}: {what} port {port} on 127.0.0.1 is taken by another process")
+
+    def _tls_config(self) -> str:
+        if self.tls is None:
+            return ""
+        # An IP:port listener binds that address only (a bare port would bind [::]).
+        return (
+            f"listeners.ssl.local = 127.0.0.1:{self.ssl_port}\n"
+            f"ssl_options.cacertfile = {self.tls.ca}\n"
+            f"ssl_options.certfile = {self.tls.cert}\n"
+            f"ssl_options.keyfile = {self.tls.key}\n"
+            "ssl_options.verify = verify_peer\n"
+            "ssl_options.fail_if_no_peer_cert = true\n"
+        )
 
     def _write_cookie(self) -> None:
         # The primary's cookie, so that plain `rabbitmqctl -n <node>` (which su's to the rabbitmq

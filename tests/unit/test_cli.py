@@ -54,8 +54,12 @@ class FakeBroker:
     def reply(self, *items: dict[str, Any]) -> None:
         self.replies = list(items)
 
-    async def send(self, url: str, prefix: str, target: str, body: dict[str, Any], wait_s: float) -> list[bytes]:
-        self.calls.append({"url": url, "prefix": prefix, "target": target, "body": body, "wait_s": wait_s})
+    async def send(
+        self, url: str, prefix: str, target: str, body: dict[str, Any], wait_s: float, context: Any = None
+    ) -> list[bytes]:
+        self.calls.append(
+            {"url": url, "prefix": prefix, "target": target, "body": body, "wait_s": wait_s, "context": context}
+        )
         return [json.dumps(r).encode() for r in self.replies]
 
 
@@ -528,3 +532,17 @@ def test_run_without_a_broker_is_one_line(tmp_path: Path) -> None:
     )
     assert "Traceback" not in done.stderr
     assert "s3cret" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "user"),
+    [
+        ("amqp://alice:pw@localhost:5672/", "alice"),
+        ("amqps://b%40corp:pw@node1:5671/,amqps://b%40corp:pw@node2:5671/", "b@corp"),
+        ("amqps://node1:5671/", None),  # certificate (EXTERNAL) login: only the broker knows the name
+        ("amqp://localhost/", None),
+    ],
+)
+def test_send_names_the_url_user_as_user_id(url: str, user: str | None) -> None:
+    # Tenancy takes the sender from user_id, which RabbitMQ checks against the login.
+    assert cli._url_user(url) == user
