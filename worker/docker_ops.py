@@ -379,7 +379,11 @@ class DockerOps:
                             raise DockhandError(ErrorCode.CONFLICT, f"{subject}: network {network} vanished")
                     await self._check_aliases(net, [p.workspace_id, name], None, subject, workspaces=False)
                     await self._create_volumes(missing_volumes, p, made)
-                    config = self._container_config(resolved, image, wanted, network, await self._cpu_cap(), net["Id"])
+                    # The network's name, not the reference the sender used (an id, say): discovery
+                    # matches the dockhand.network label against the container's network names.
+                    config = self._container_config(
+                        resolved, image, wanted, net["Name"], await self._cpu_cap(), net["Id"]
+                    )
                     try:
                         container = await self._refused_is_invalid(
                             self.call(
@@ -1059,15 +1063,16 @@ class DockerOps:
 
     async def disconnect_network(self, network: str, workspace_id: str) -> NetworkAttachment:
         info = await self.get_workspace(workspace_id)
-        if tenancy.restricted() is not None:  # under tenancy the network must be the sender's too
-            net = await self._inspect_network(network)
-            if net is not None:
-                self._check_network_owner(net, f"network {network} on {self.host_id}")
-        if network in (info["NetworkSettings"].get("Networks") or {}):
+        net = await self._inspect_network(network)
+        if net is not None and tenancy.restricted() is not None:  # under tenancy the network must be the sender's too
+            self._check_network_owner(net, f"network {network} on {self.host_id}")
+        # A container's networks are keyed by name, and the command may name the network by id.
+        name = net["Name"] if net is not None else network
+        if name in (info["NetworkSettings"].get("Networks") or {}):
             config = {"Container": info["Id"], "Force": False}
             await self.call(
                 "network.disconnect",
-                lambda: DockerNetwork(self.docker, network).disconnect(config),
+                lambda: DockerNetwork(self.docker, net["Id"] if net is not None else network).disconnect(config),
                 subject=f"{self._subject(workspace_id)}, network {network}",
             )
         return NetworkAttachment(network=network, workspace_id=workspace_id)

@@ -65,3 +65,36 @@ async def test_unmanaged_network_is_not_removed(client: Client, docker: aiodocke
         assert (await network.show())["Name"] == name
     finally:
         await network.delete()
+
+
+async def test_a_network_named_by_its_id(client: Client, docker: aiodocker.Docker, test_image: str) -> None:
+    """Found by the fuzzer: a container's networks are keyed by name, so a network given by id
+    was never disconnected (yet `succeeded`), and a discovery workspace created on it by id was
+    never announced (its dockhand.network label held the id)."""
+    name = f"dhtest-{client.session_id}-byid-{client.ws_id('n')[-4:]}"
+    ensured = await client.send("network.ensure", {"name": name, "labels": client.labels()})
+    network_id = ensured["result"]["network_id"]
+    ws = client.ws_id()
+    domain = f"{ws}.example.test"
+    created = await client.send(
+        "workspace.create",
+        {
+            "workspace_id": ws,
+            "image": test_image,
+            "labels": client.labels(),
+            "network": network_id,
+            "discovery": {"domain": domain, "port": 8080},
+        },
+    )
+    assert created["status"] == "succeeded", created
+    container = await docker.containers.container(created["result"]["container_id"]).show()
+    assert container["Config"]["Labels"]["dockhand.network"] == name
+    listed = await client.send("discovery.list", {})
+    assert [s["domain"] for s in listed["result"]["services"] if s["domain"] == domain] == [domain]
+
+    disconnected = await client.send("network.disconnect", {"network": network_id, "workspace_id": ws})
+    assert disconnected["status"] == "succeeded", disconnected
+    container = await docker.containers.container(created["result"]["container_id"]).show()
+    assert name not in container["NetworkSettings"]["Networks"]
+    await client.send("workspace.remove", {"workspace_id": ws, "force": True})
+    await client.send("network.remove", {"name": name})
