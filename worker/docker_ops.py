@@ -885,14 +885,18 @@ class DockerOps:
 
     # --- networks ------------------------------------------------------------------------
 
-    async def _inspect_network(self, name: str) -> JSON | None:
-        subject = f"network {name} on {self.host_id}"
+    async def _show_network(self, ref: str, subject: str) -> JSON | None:
+        """Inspect a network by name or id (Docker also matches an id prefix); a name that a
+        create race made ambiguous is deduplicated first."""
         try:
-            info = await self.maybe("network.inspect", lambda: DockerNetwork(self.docker, name).show(), subject=subject)
+            return await self.maybe("network.inspect", lambda: DockerNetwork(self.docker, ref).show(), subject=subject)
         except DockhandError as exc:
             if "ambiguous" not in exc.message:
                 raise
-            info = await self._deduplicate_network(name)
+            return await self._deduplicate_network(ref)
+
+    async def _inspect_network(self, name: str) -> JSON | None:
+        info = await self._show_network(name, f"network {name} on {self.host_id}")
         # Docker also matches an id prefix; only an exact name counts.
         if info is None or (info.get("Name") != name and info.get("Id") != name):
             return None
@@ -937,12 +941,7 @@ class DockerOps:
         """
         self.policy.check_network_name(ref, subject)
         what = f"network {ref} on {self.host_id}"
-        try:
-            info = await self.maybe("network.inspect", lambda: DockerNetwork(self.docker, ref).show(), subject=what)
-        except DockhandError as exc:
-            if "ambiguous" not in exc.message:
-                raise
-            info = await self._deduplicate_network(ref)
+        info = await self._show_network(ref, what)
         if info is None:
             return None
         name = str(info.get("Name", ""))

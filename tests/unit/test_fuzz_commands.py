@@ -67,6 +67,7 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from hypothesis.database import DirectoryBasedExampleDatabase
 
+from schemas import COMMAND_TYPES
 from tests.fakes.docker_api import BUSYBOX_BINARIES, FakeDocker, FakeNetwork, stable_id
 from worker import discovery
 from worker.dispatch import Dispatcher
@@ -263,25 +264,7 @@ class Scenario:
     faults: tuple[tuple[str, int], ...] = ()  # (route, status): the first such request fails
 
 
-TYPES = [
-    "workspace.create",
-    "workspace.start",
-    "workspace.stop",
-    "workspace.restart",
-    "workspace.remove",
-    "workspace.inspect",
-    "workspace.list",
-    "workspace.exec",
-    "workspace.logs",
-    "network.ensure",
-    "network.connect",
-    "network.disconnect",
-    "network.remove",
-    "image.pull",
-    "image.inspect",
-    "discovery.list",
-    "host.info",
-]
+TYPES = sorted(COMMAND_TYPES)
 
 _COMMAND_SCHEMA = json.loads((REPO / "schemas" / "json" / "command.json").read_text())
 _SCHEMA_BY_TYPE = {
