@@ -310,7 +310,7 @@ def test_each_owner_has_its_own_default_network(as_sender: Any) -> None:
 
 async def test_network_of_another_owner_is_forbidden(as_sender: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     bobs = _container("b1", "bob")
-    bobs["NetworkSettings"]["Networks"] = {"alice-net": {"IPAddress": "10.0.0.2"}}  # an admin put it there
+    bobs["NetworkSettings"]["Networks"] = {"alice-net": {"IPAddress": "192.0.2.2"}}  # an admin put it there
     ops = _ops(FakeDocker(bobs))
     networks = {
         "alice-net": {

@@ -72,7 +72,7 @@ def test_unix_socket_needs_no_tls(clean_env: pytest.MonkeyPatch) -> None:
     )
 
 
-@pytest.mark.parametrize("host", ["tcp://10.0.0.5:2375", "http://docker:2375"])
+@pytest.mark.parametrize("host", ["tcp://docker.example:2375", "http://docker:2375"])
 def test_plain_tcp_docker_is_refused(clean_env: pytest.MonkeyPatch, host: str) -> None:
     with pytest.raises(ValidationError, match="TCP without TLS"):
         Settings(docker_host=host)
