@@ -706,14 +706,19 @@ class DockerOps:
             self._check_volume_access(labels, p, subject)
 
     async def _start(self, workspace_id: str, ref: str) -> None:
-        await self._refused_is_invalid(
-            self.call(
-                "container.start",
-                lambda: self.docker.containers.container(ref).start(),
-                subject=self._subject(workspace_id),
-            ),
-            "start",
-        )
+        subject = self._subject(workspace_id)
+        try:
+            await self._refused_is_invalid(
+                self.call("container.start", lambda: self.docker.containers.container(ref).start(), subject=subject),
+                "start",
+            )
+        except DockhandError as exc:
+            if exc.code is not ErrorCode.NOT_FOUND or not isinstance(exc.__cause__, DockerError):
+                raise
+            # The container is there (it was just made or inspected): what is missing is
+            # something it needs, such as its network. Say so, not "workspace not found".
+            detail = exc.__cause__.message.strip() or "HTTP 404"
+            raise DockhandError(ErrorCode.NOT_FOUND, f"{subject} cannot start: {detail}") from exc
 
     async def start_workspace(self, workspace_id: str) -> Workspace:
         info = await self.get_workspace(workspace_id)

@@ -171,3 +171,15 @@ async def test_concurrent_nesting_creates_cannot_both_pass(fake: FakeDocker, tmp
     assert isinstance(errors[0], DockhandError)
     assert errors[0].code is ErrorCode.FORBIDDEN
     assert len([c for c in fake.containers.values() if c.name.startswith("dockhand-")]) == 1
+
+
+async def test_a_start_that_misses_what_the_container_needs_says_so(fake: FakeDocker, tmp_path: Path) -> None:
+    # Docker answers 404 on start when, say, the container's network is gone: the workspace
+    # exists, so "workspace ws1 ... not found" would send the reader the wrong way.
+    ops = _ops(fake, tmp_path)
+    await ops.create_workspace(_create(start=False))
+    fake.fail_next("container.start", 404, "network dh-new not found")
+    with pytest.raises(DockhandError) as exc:
+        await ops.start_workspace("ws1")
+    assert exc.value.code is ErrorCode.NOT_FOUND
+    assert exc.value.message == "workspace ws1 on host-a cannot start: network dh-new not found"
