@@ -372,6 +372,37 @@ class EventLog:
         return [key for key, _, _ in self.items][-40:]
 
 
+async def request(
+    channel: aio_pika.abc.AbstractChannel,
+    prefix: str,
+    host: str,
+    command: dict[str, Any],
+    message_id: str | None = None,
+) -> Any:
+    """Publish ``command`` on ``channel`` (any broker user: one that may only declare server-named
+    queues too) and wait for its reply on a server-named reply queue."""
+    reply_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    assert reply_queue.name.startswith("amq.gen-")
+    commands = await channel.get_exchange(f"{prefix}.commands", ensure=True)
+    correlation_id = uuid.uuid4().hex
+    await commands.publish(
+        aio_pika.Message(
+            json.dumps(command).encode(),
+            content_type="application/json",
+            correlation_id=correlation_id,
+            reply_to=reply_queue.name,
+            message_id=message_id,
+        ),
+        routing_key=f"{host}.{command['type']}",
+    )
+    async with reply_queue.iterator(timeout=60) as replies:
+        async for message in replies:
+            await message.ack()
+            if message.correlation_id == correlation_id:
+                return json.loads(message.body)
+    raise AssertionError("no reply")
+
+
 @contextlib.asynccontextmanager
 async def listen(prefix: str) -> AsyncIterator[EventLog]:
     """Bind a private queue to ``<prefix>.events`` and ``<prefix>.health`` (declaring them as

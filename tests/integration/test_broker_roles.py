@@ -21,7 +21,7 @@ import pytest
 from aiormq.exceptions import ChannelAccessRefused
 from yarl import URL
 
-from .conftest import AMQP_URL, REPO, TEST_IMAGE, TEST_LABEL, WorkerFactory, WorkerProcess
+from .conftest import AMQP_URL, REPO, TEST_IMAGE, TEST_LABEL, WorkerFactory, WorkerProcess, request
 
 pytestmark = pytest.mark.slow  # a dozen rabbitmqctl calls, ~1 s each
 
@@ -109,26 +109,7 @@ async def send(
     message_id: str | None = None,
 ) -> Any:
     """Publish ``command`` as a sender and wait for the reply on a server-named reply queue."""
-    reply_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-    assert reply_queue.name.startswith("amq.gen-")
-    commands = await channel.get_exchange(f"{prefix}.commands", ensure=True)
-    correlation_id = uuid.uuid4().hex
-    await commands.publish(
-        aio_pika.Message(
-            json.dumps(command).encode(),
-            content_type="application/json",
-            correlation_id=correlation_id,
-            reply_to=reply_queue.name,
-            message_id=message_id,
-        ),
-        routing_key=f"{host}.{command['type']}",
-    )
-    async with reply_queue.iterator(timeout=60) as replies:
-        async for message in replies:
-            await message.ack()
-            if message.correlation_id == correlation_id:
-                return json.loads(message.body)
-    raise AssertionError("no reply")
+    return await request(channel, prefix, host, command, message_id)
 
 
 async def test_sender_sends_commands_and_cannot_publish_events(

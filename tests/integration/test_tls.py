@@ -26,7 +26,7 @@ import pytest
 from worker import tls
 
 from .certs import Pki, make_pki
-from .conftest import REPO, TEST_IMAGE, TEST_LABEL, WorkerFactory, WorkerProcess
+from .conftest import REPO, TEST_IMAGE, TEST_LABEL, WorkerFactory, WorkerProcess, request
 from .dockerd2 import SecondDockerd, unique_name
 from .rabbit2 import SecondRabbit
 
@@ -96,22 +96,10 @@ async def channel(setup: TlsSetup) -> AsyncIterator[aio_pika.abc.AbstractChannel
 
 
 async def send(channel: aio_pika.abc.AbstractChannel, worker: WorkerProcess, command_type: str, payload: Any) -> Any:
-    reply_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-    commands = await channel.get_exchange(f"{worker.prefix}.commands", ensure=True)
-    correlation_id = uuid.uuid4().hex
     body: dict[str, Any] = {"command_id": uuid.uuid4().hex, "type": command_type}
     if payload is not None:
         body["payload"] = payload
-    await commands.publish(
-        aio_pika.Message(json.dumps(body).encode(), correlation_id=correlation_id, reply_to=reply_queue.name),
-        routing_key=f"{worker.host_id}.{command_type}",
-    )
-    async with reply_queue.iterator(timeout=60) as replies:
-        async for message in replies:
-            await message.ack()
-            if message.correlation_id == correlation_id:
-                return json.loads(message.body)
-    raise AssertionError("no reply")
+    return await request(channel, worker.prefix, worker.host_id, body)
 
 
 def _containers(dockerd: SecondDockerd, name: str) -> tuple[int, int]:
