@@ -235,7 +235,7 @@ async def main(n: int, rounds: int, concurrency: int, dump: Path | None) -> int:
         await asyncio.wait_for(rec.stream_live.wait(), 10)
         with log_path.open("wb") as log:
             worker = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "worker", cwd=REPO, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT
+                sys.executable, "-m", "dockhand.worker", cwd=REPO, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT
             )
         # " ready: host " is logged at INFO, which WARNING hides: the startup snapshot (event
         # pipeline live, first reconcile done) is the readiness signal that always comes.

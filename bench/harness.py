@@ -153,7 +153,7 @@ def amqp_url_for_vhost(vhost: str) -> str:
 
 
 class DockhandWorker:
-    """``python -m worker`` with this run's host id, prefix, network and a temporary state dir."""
+    """``python -m dockhand.worker`` with this run's host id, prefix, network and a temporary state dir."""
 
     def __init__(
         self, names: Names, concurrency: int, source: Path = REPO, extra_env: dict[str, str] | None = None

@@ -47,7 +47,11 @@ def start_worker(name: str, prefix: str, tag: str, state: Path, tracing: bool) -
     else:
         env["OTEL_SDK_DISABLED"] = "true"
     return subprocess.Popen(
-        [sys.executable, "-m", "worker"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "dockhand.worker"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 

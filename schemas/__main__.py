@@ -1,4 +1,4 @@
-"""``python -m schemas [DIR]``: write the JSON Schema files (default: schemas/json/)."""
+"""``python -m dockhand.schemas [DIR]``: write the JSON Schema files (default: schemas/json/)."""
 
 import sys
 from pathlib import Path

@@ -1,3 +1,5 @@
 """dockhand worker: consumes commands from RabbitMQ and runs them on a Docker host."""
 
-__version__ = "0.1.0"
+from dockhand import __version__
+
+__all__ = ["__version__"]

@@ -1,6 +1,6 @@
-"""``python -m worker``: run the worker."""
+"""``python -m dockhand.worker``: run the worker (as ``dockhand run`` does)."""
 
-from .cli import run
+from dockhand.cli import run
 
 if __name__ == "__main__":
     run()

@@ -16,7 +16,7 @@ from faststream.rabbit.schemas import Channel
 from faststream.security import BaseSecurity
 from faststream.specification import AsyncAPI
 
-from schemas import ContainerEvent, DiscoveryEvent, DiscoverySnapshot, Heartbeat, NetworkEvent, Result
+from dockhand.schemas import ContainerEvent, DiscoveryEvent, DiscoverySnapshot, Heartbeat, NetworkEvent, Result
 
 from . import __version__, tls
 from .discovery import Discovery
@@ -60,7 +60,7 @@ def _document_outputs(broker: RabbitBroker, topology: Topology, host: str) -> No
 
 
 def create_app(settings: Settings | None = None, telemetry: Telemetry | None = None) -> FastStream:
-    """Build the worker for one configuration (``python -m worker`` runs it)."""
+    """Build the worker for one configuration (``python -m dockhand.worker`` runs it)."""
     settings = settings or Settings()
     telemetry = telemetry or from_environment(settings)
     topology = Topology(settings)

@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from schemas import DiscoveryEvent, DiscoverySnapshot, Service, WireModel, utcnow
-from schemas.events import InvalidService
+from dockhand.schemas import DiscoveryEvent, DiscoverySnapshot, Service, WireModel, utcnow
+from dockhand.schemas.events import InvalidService
 
 from .docker_ops import DockerOps, parse_docker_time
 from .labels import Labels

@@ -28,8 +28,8 @@ import pydantic_core
 from opentelemetry import trace
 from pydantic import ValidationError
 
-from schemas import COMMAND_ADAPTER, COMMAND_TYPES, Command, ErrorCode, Result, Status, utcnow
-from schemas._base import COMMAND_ID_PATTERN
+from dockhand.schemas import COMMAND_ADAPTER, COMMAND_TYPES, Command, ErrorCode, Result, Status, utcnow
+from dockhand.schemas._base import COMMAND_ID_PATTERN
 
 from . import tenancy
 from .errors import DockhandError, rejected

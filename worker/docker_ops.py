@@ -27,8 +27,8 @@ from aiodocker.exceptions import DockerError
 from aiodocker.networks import DockerNetwork
 from aiodocker.volumes import DockerVolume
 
-from schemas import ErrorCode, RegistryAuth, Status, utcnow
-from schemas.commands import (
+from dockhand.schemas import ErrorCode, RegistryAuth, Status, utcnow
+from dockhand.schemas.commands import (
     MAX_PORTS,
     Mount,
     NetworkEnsure,
@@ -39,7 +39,7 @@ from schemas.commands import (
     WorkspaceRemove,
     WorkspaceStop,
 )
-from schemas.results import (
+from dockhand.schemas.results import (
     ExecOutput,
     HostInfo,
     ImageInfo,

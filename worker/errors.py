@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiodocker.exceptions import DockerError
 
-from schemas import ErrorCode, ErrorInfo, Status
+from dockhand.schemas import ErrorCode, ErrorInfo, Status
 
 AIODOCKER_CONNECT_ERROR = 900
 

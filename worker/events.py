@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 import aiohttp
 
-from schemas import ContainerEvent, NetworkEvent, WireModel
-from schemas.events import ContainerRef, NetworkRef
+from dockhand.schemas import ContainerEvent, NetworkEvent, WireModel
+from dockhand.schemas.events import ContainerRef, NetworkRef
 
 from .discovery import Discovery
 from .docker_ops import DockerOps

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from schemas import WireModel
-from schemas.commands import (
+from dockhand.schemas import WireModel
+from dockhand.schemas.commands import (
     Empty,
     ImagePull,
     ImageRef_,
@@ -26,7 +26,7 @@ from schemas.commands import (
     WorkspaceRemove,
     WorkspaceStop,
 )
-from schemas.results import ServiceList
+from dockhand.schemas.results import ServiceList
 
 from . import discovery
 from .docker_ops import DockerOps

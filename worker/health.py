@@ -13,8 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from schemas import Heartbeat, Status, WireModel, utcnow
-from schemas.health import CommandCounters, DockerHealth, EventStreamHealth
+from dockhand.schemas import Heartbeat, Status, WireModel, utcnow
+from dockhand.schemas.health import CommandCounters, DockerHealth, EventStreamHealth
 
 from .dispatch import Counters
 from .docker_ops import DockerOps

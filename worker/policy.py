@@ -8,8 +8,8 @@ from pathlib import PurePosixPath
 
 from pydantic import TypeAdapter, ValidationError
 
-from schemas import ErrorCode
-from schemas._base import ImageRef
+from dockhand.schemas import ErrorCode
+from dockhand.schemas._base import ImageRef
 
 from .errors import DockhandError, rejected
 from .labels import Labels

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import stamina
 from faststream.rabbit import RabbitExchange
 
-from schemas import WireModel
+from dockhand.schemas import WireModel
 
 log = logging.getLogger("dockhand.publish")
 

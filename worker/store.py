@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from schemas import Result, WireModel
+from dockhand.schemas import Result, WireModel
 
 
 def store_key(owner: str | None, command_id: str) -> str:

@@ -19,7 +19,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from schemas import ErrorCode
+from dockhand.schemas import ErrorCode
 
 from .errors import DockhandError, rejected
 

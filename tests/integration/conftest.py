@@ -52,7 +52,7 @@ def session_id() -> str:
 
 @dataclass
 class WorkerProcess:
-    """A ``python -m worker`` subprocess and what it was configured with."""
+    """A ``python -m dockhand.worker`` subprocess and what it was configured with."""
 
     host_id: str
     prefix: str
@@ -145,7 +145,7 @@ class WorkerFactory:
         log_path = self.root / f"worker-{name}-{len(self.workers)}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "worker"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "dockhand.worker"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
             )
         worker = WorkerProcess(host_id, self.prefix, env, log_path, proc, bind_root)
         self.workers.append(worker)

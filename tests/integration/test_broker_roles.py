@@ -224,7 +224,7 @@ async def _cli(user: BrokerUser, prefix: str, *args: str) -> tuple[int, str, str
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "worker.cli",
+        "dockhand.cli",
         *args,
         "--exchange-prefix",
         prefix,

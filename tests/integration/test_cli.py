@@ -26,7 +26,7 @@ def cli_args(worker: WorkerProcess, *args: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "worker.cli",
+        "dockhand.cli",
         *args,
         "--amqp-url",
         AMQP_URL,

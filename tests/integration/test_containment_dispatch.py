@@ -13,7 +13,7 @@ from typing import Any
 import aiodocker
 import pytest
 
-from worker import exec_kill
+from dockhand.worker import exec_kill
 
 from .conftest import REGISTRY_PASSWORD, TEST_LABEL, Client, WorkerFactory, WorkerProcess, connect_client
 

@@ -20,9 +20,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from worker.app import create_app
-from worker.settings import Settings
-from worker.telemetry import Telemetry
+from dockhand.worker.app import create_app
+from dockhand.worker.settings import Settings
+from dockhand.worker.telemetry import Telemetry
 
 from .conftest import (
     AMQP_URL,

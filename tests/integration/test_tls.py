@@ -23,7 +23,7 @@ import aiodocker
 import aiohttp
 import pytest
 
-from worker import tls
+from dockhand.worker import tls
 
 from .certs import Pki, make_pki
 from .conftest import REPO, TEST_IMAGE, TEST_LABEL, WorkerFactory, WorkerProcess, request
@@ -137,7 +137,7 @@ async def test_cli_over_amqps(tls_worker: WorkerProcess, setup: TlsSetup) -> Non
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "worker.cli",
+        "dockhand.cli",
         "send",
         "host.info",
         "--host",
@@ -221,7 +221,7 @@ async def test_dockerd_refuses_a_client_without_a_certificate(setup: TlsSetup) -
 def test_plain_tcp_docker_host_is_refused_at_start(setup: TlsSetup, tmp_path: Path) -> None:
     """A ``tcp://`` Docker host without TLS settings: the worker exits with one line, not a traceback."""
     proc = subprocess.run(
-        [sys.executable, "-m", "worker"],
+        [sys.executable, "-m", "dockhand.worker"],
         cwd=REPO,
         env={
             "PATH": "/usr/bin:/bin",

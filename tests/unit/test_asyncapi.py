@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-from schemas import COMMAND_TYPES
-from worker.asyncapi import DEFAULT_PATH, document, render
+from dockhand.schemas import COMMAND_TYPES
+from dockhand.worker.asyncapi import DEFAULT_PATH, document, render
 
 
 def test_committed_document_is_current() -> None:
-    assert DEFAULT_PATH.read_text() == render(), "docs/asyncapi.json is stale: run `python -m worker.asyncapi`"
+    assert DEFAULT_PATH.read_text() == render(), "docs/asyncapi.json is stale: run `python -m dockhand.worker.asyncapi`"
 
 
 def test_every_channel_of_the_contract_is_described() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from worker import cli
+from dockhand import cli
 
 runner = CliRunner()
 
@@ -252,7 +252,7 @@ def test_environment_is_read_and_options_override(broker: FakeBroker, monkeypatc
 
 
 def test_host_defaults_to_this_machine(broker: FakeBroker, monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.settings import default_host_id
+    from dockhand.worker.settings import default_host_id
 
     broker.reply(result())
     monkeypatch.delenv("DOCKHAND_HOST_ID", raising=False)
@@ -524,7 +524,7 @@ def test_run_without_a_broker_is_one_line(tmp_path: Path) -> None:
         "DOCKHAND_STATE_DIR": str(tmp_path),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "run"], env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "dockhand.cli", "run"], env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 69, done.stderr
     assert done.stderr.splitlines()[-1] == (

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from schemas import ErrorCode, Status
-from schemas.commands import WorkspaceCreate
-from worker.docker_ops import DockerOps, ulimits
-from worker.errors import DockhandError
-from worker.labels import Labels
-from worker.policy import Policy
-from worker.settings import DEFAULT_CAP_DROP, Settings
+from dockhand.schemas import ErrorCode, Status
+from dockhand.schemas.commands import WorkspaceCreate
+from dockhand.worker.docker_ops import DockerOps, ulimits
+from dockhand.worker.errors import DockhandError
+from dockhand.worker.labels import Labels
+from dockhand.worker.policy import Policy
+from dockhand.worker.settings import DEFAULT_CAP_DROP, Settings
 
 LABELS = Labels(prefix="dockhand", discovery_prefix="dockhand")
 

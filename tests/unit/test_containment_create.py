@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from schemas import ErrorCode
-from schemas.commands import WorkspaceCreate, WorkspaceStop
+from dockhand.schemas import ErrorCode
+from dockhand.schemas.commands import WorkspaceCreate, WorkspaceStop
+from dockhand.worker.docker_ops import DockerOps
+from dockhand.worker.errors import DockhandError
+from dockhand.worker.labels import Labels
+from dockhand.worker.policy import Policy
+from dockhand.worker.settings import Settings
 from tests.fakes.docker_api import FakeDocker
-from worker.docker_ops import DockerOps
-from worker.errors import DockhandError
-from worker.labels import Labels
-from worker.policy import Policy
-from worker.settings import Settings
 
 LABELS = Labels(prefix="dockhand", discovery_prefix="dockhand")
 IMAGE = "busybox:1.36"

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from schemas import ErrorCode, Status
-from schemas.commands import NetworkEnsure, WorkspaceCreate
-from worker.docker_ops import DockerOps
-from worker.errors import DockhandError
-from worker.labels import Labels
-from worker.policy import Policy, binds_conflict
-from worker.settings import Settings
+from dockhand.schemas import ErrorCode, Status
+from dockhand.schemas.commands import NetworkEnsure, WorkspaceCreate
+from dockhand.worker.docker_ops import DockerOps
+from dockhand.worker.errors import DockhandError
+from dockhand.worker.labels import Labels
+from dockhand.worker.policy import Policy, binds_conflict
+from dockhand.worker.settings import Settings
 
 LABELS = Labels(prefix="dockhand", discovery_prefix="dockhand")
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from schemas import COMMAND_ADAPTER
-from schemas._base import IMAGE_REF_PATTERN, ImageRef
-from schemas.commands import MAX_PORTS, ImageRef_, Mount, Resources, WorkspaceCreate, normalise_target
+from dockhand.schemas import COMMAND_ADAPTER
+from dockhand.schemas._base import IMAGE_REF_PATTERN, ImageRef
+from dockhand.schemas.commands import MAX_PORTS, ImageRef_, Mount, Resources, WorkspaceCreate, normalise_target
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 IMAGE = TypeAdapter(ImageRef)

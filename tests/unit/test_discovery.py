@@ -21,12 +21,19 @@ from aiodocker.exceptions import DockerError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import DiscoveryEvent, DiscoverySnapshot, Service, WireModel
-from worker.discovery import Discovery, InvalidLabels, from_list_entry, is_enabled, list_services, parse_service
-from worker.docker_ops import DockerOps
-from worker.labels import Labels
-from worker.policy import Policy
-from worker.settings import Settings
+from dockhand.schemas import DiscoveryEvent, DiscoverySnapshot, Service, WireModel
+from dockhand.worker.discovery import (
+    Discovery,
+    InvalidLabels,
+    from_list_entry,
+    is_enabled,
+    list_services,
+    parse_service,
+)
+from dockhand.worker.docker_ops import DockerOps
+from dockhand.worker.labels import Labels
+from dockhand.worker.policy import Policy
+from dockhand.worker.settings import Settings
 
 HOST = "host-a"
 ANY4 = "0.0.0.0"  # noqa: S104 - a port binding as Docker reports it, nothing binds here

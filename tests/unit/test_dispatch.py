@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from schemas import ErrorCode, Result, Status
-from schemas import commands as c
-from schemas.results import ExecOutput, HostInfo
-from worker.dispatch import Dispatcher, Lanes, Rejection, parse, printable, redact
-from worker.errors import rejected
-from worker.settings import Settings
-from worker.store import ResultStore
-from worker.topology import Topology
+from dockhand.schemas import ErrorCode, Result, Status
+from dockhand.schemas import commands as c
+from dockhand.schemas.results import ExecOutput, HostInfo
+from dockhand.worker.dispatch import Dispatcher, Lanes, Rejection, parse, printable, redact
+from dockhand.worker.errors import rejected
+from dockhand.worker.settings import Settings
+from dockhand.worker.store import ResultStore
+from dockhand.worker.topology import Topology
 
 LIMIT = 64 * 1024
 

@@ -6,8 +6,8 @@ import aiohttp
 import pytest
 from aiodocker.exceptions import DockerError
 
-from schemas import ErrorCode, ErrorInfo, Status
-from worker.errors import DockhandError, from_exception, is_transient, rejected
+from dockhand.schemas import ErrorCode, ErrorInfo, Status
+from dockhand.worker.errors import DockhandError, from_exception, is_transient, rejected
 
 SUBJECT = "workspace ws1 on host-a"
 

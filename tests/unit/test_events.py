@@ -12,13 +12,13 @@ import pytest
 import stamina
 from aiodocker.exceptions import DockerError
 
-from schemas import ContainerEvent, DiscoveryEvent, NetworkEvent, WireModel
-from worker.discovery import Discovery
-from worker.docker_ops import DockerOps
-from worker.events import EventStream, Reconcile, _since
-from worker.labels import Labels
-from worker.policy import Policy
-from worker.settings import Settings
+from dockhand.schemas import ContainerEvent, DiscoveryEvent, NetworkEvent, WireModel
+from dockhand.worker.discovery import Discovery
+from dockhand.worker.docker_ops import DockerOps
+from dockhand.worker.events import EventStream, Reconcile, _since
+from dockhand.worker.labels import Labels
+from dockhand.worker.policy import Policy
+from dockhand.worker.settings import Settings
 
 HOST = "host-a"
 NAMES = Labels("dockhand", "dockhand")

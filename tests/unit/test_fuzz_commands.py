@@ -67,15 +67,15 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-from schemas import COMMAND_TYPES
+from dockhand.schemas import COMMAND_TYPES
+from dockhand.worker import discovery
+from dockhand.worker.dispatch import Dispatcher
+from dockhand.worker.docker_ops import DockerOps
+from dockhand.worker.labels import Labels
+from dockhand.worker.policy import Policy
+from dockhand.worker.settings import Settings
+from dockhand.worker.topology import Topology
 from tests.fakes.docker_api import BUSYBOX_BINARIES, FakeDocker, FakeNetwork, stable_id
-from worker import discovery
-from worker.dispatch import Dispatcher
-from worker.docker_ops import DockerOps
-from worker.labels import Labels
-from worker.policy import Policy
-from worker.settings import Settings
-from worker.topology import Topology
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "fuzz-host"

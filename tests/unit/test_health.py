@@ -12,15 +12,15 @@ import pytest
 import stamina
 from aiodocker.exceptions import DockerError
 
-from schemas import ErrorCode, Heartbeat, Status, WireModel
-from worker.dispatch import Counters
-from worker.docker_ops import DockerOps
-from worker.errors import DockhandError
-from worker.events import StreamState
-from worker.health import HealthMonitor
-from worker.labels import Labels
-from worker.policy import Policy
-from worker.settings import Settings
+from dockhand.schemas import ErrorCode, Heartbeat, Status, WireModel
+from dockhand.worker.dispatch import Counters
+from dockhand.worker.docker_ops import DockerOps
+from dockhand.worker.errors import DockhandError
+from dockhand.worker.events import StreamState
+from dockhand.worker.health import HealthMonitor
+from dockhand.worker.labels import Labels
+from dockhand.worker.policy import Policy
+from dockhand.worker.settings import Settings
 
 HOST = "host-a"
 NAMES = Labels("dockhand", "dockhand")

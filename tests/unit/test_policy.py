@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from schemas import ErrorCode, Status
-from schemas.commands import ImagePull, ImageRef_, NetworkEnsure, WorkspaceCreate
-from worker.docker_ops import DockerOps
-from worker.errors import DockhandError
-from worker.handlers import check_policy
-from worker.labels import Labels
-from worker.policy import Policy, image_registry
-from worker.settings import Settings
+from dockhand.schemas import ErrorCode, Status
+from dockhand.schemas.commands import ImagePull, ImageRef_, NetworkEnsure, WorkspaceCreate
+from dockhand.worker.docker_ops import DockerOps
+from dockhand.worker.errors import DockhandError
+from dockhand.worker.handlers import check_policy
+from dockhand.worker.labels import Labels
+from dockhand.worker.policy import Policy, image_registry
+from dockhand.worker.settings import Settings
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 

@@ -11,13 +11,13 @@ import pytest
 import stamina
 from aiodocker.exceptions import DockerError
 
-from schemas import ErrorCode, RegistryAuth
-from schemas.commands import WorkspaceCreate
-from worker.docker_ops import DockerOps, parse_docker_time, spec_hash
-from worker.errors import DockhandError
-from worker.labels import Labels
-from worker.policy import Policy
-from worker.settings import Settings
+from dockhand.schemas import ErrorCode, RegistryAuth
+from dockhand.schemas.commands import WorkspaceCreate
+from dockhand.worker.docker_ops import DockerOps, parse_docker_time, spec_hash
+from dockhand.worker.errors import DockhandError
+from dockhand.worker.labels import Labels
+from dockhand.worker.policy import Policy
+from dockhand.worker.settings import Settings
 
 PULL_S = 0.05
 

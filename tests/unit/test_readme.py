@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from schemas import COMMAND_TYPES
-from worker.settings import Settings
+from dockhand.schemas import COMMAND_TYPES
+from dockhand.worker.settings import Settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from schemas import COMMAND_ADAPTER, COMMAND_TYPES, RESULT_MODELS, ErrorCode, ErrorInfo, Result, Status
-from schemas.commands import Empty, Mount, WorkspaceCreate, WorkspaceListQuery
-from schemas.export import SCHEMA_DIR, render
-from schemas.results import Workspace
-from worker.handlers import HANDLERS
+from dockhand.schemas import COMMAND_ADAPTER, COMMAND_TYPES, RESULT_MODELS, ErrorCode, ErrorInfo, Result, Status
+from dockhand.schemas.commands import Empty, Mount, WorkspaceCreate, WorkspaceListQuery
+from dockhand.schemas.export import SCHEMA_DIR, render
+from dockhand.schemas.results import Workspace
+from dockhand.worker.handlers import HANDLERS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,7 +89,7 @@ def test_committed_json_schemas_are_up_to_date() -> None:
     rendered = render()
     committed = {path.name: path.read_text(encoding="utf-8") for path in SCHEMA_DIR.glob("*.json")}
     stale = sorted(name for name in rendered.keys() | committed.keys() if rendered.get(name) != committed.get(name))
-    assert not stale, f"schemas/json is out of date ({', '.join(stale)}): run `python -m schemas`"
+    assert not stale, f"schemas/json is out of date ({', '.join(stale)}): run `python -m dockhand.schemas`"
 
 
 def test_rendered_schemas_are_valid_json_with_ids() -> None:

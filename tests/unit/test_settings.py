@@ -9,7 +9,7 @@ import socket
 import pytest
 from pydantic import ValidationError
 
-from worker.settings import Settings, default_host_id
+from dockhand.worker.settings import Settings, default_host_id
 
 HOST_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 

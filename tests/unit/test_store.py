@@ -7,9 +7,9 @@ import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
-from schemas import Result, Status
-from schemas.commands import ImagePull, RegistryAuth, WorkspaceExec
-from worker.store import ResultStore
+from dockhand.schemas import Result, Status
+from dockhand.schemas.commands import ImagePull, RegistryAuth, WorkspaceExec
+from dockhand.worker.store import ResultStore
 
 
 def _result(command_id: str) -> Result:

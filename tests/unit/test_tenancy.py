@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from aiodocker.exceptions import DockerError
 
-from schemas import ErrorCode, Result, Status, utcnow
-from schemas.commands import (
+from dockhand.schemas import ErrorCode, Result, Status, utcnow
+from dockhand.schemas.commands import (
     NetworkEnsure,
     WorkspaceCreate,
     WorkspaceExec,
@@ -28,17 +28,17 @@ from schemas.commands import (
     WorkspaceRemove,
     WorkspaceStop,
 )
-from schemas.results import HostInfo
-from worker import tenancy
-from worker.dispatch import Dispatcher
-from worker.docker_ops import DockerOps
-from worker.errors import DockhandError
-from worker.labels import Labels
-from worker.logs import ContextFilter
-from worker.policy import Policy
-from worker.settings import Settings
-from worker.store import ResultStore, store_key
-from worker.topology import Topology
+from dockhand.schemas.results import HostInfo
+from dockhand.worker import tenancy
+from dockhand.worker.dispatch import Dispatcher
+from dockhand.worker.docker_ops import DockerOps
+from dockhand.worker.errors import DockhandError
+from dockhand.worker.labels import Labels
+from dockhand.worker.logs import ContextFilter
+from dockhand.worker.policy import Policy
+from dockhand.worker.settings import Settings
+from dockhand.worker.store import ResultStore, store_key
+from dockhand.worker.topology import Topology
 
 HOST = "host-a"
 NAMES = Labels("dockhand", "dockhand")

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from worker import tls
-from worker.settings import Settings
+from dockhand.worker import tls
+from dockhand.worker.settings import Settings
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_docker_tls_defaults_follow_docker_env(clean_env: pytest.MonkeyPatch, tm
 def test_cli_builds_its_context_like_the_worker(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from worker import cli
+    from dockhand import cli
 
     sent: list[object] = []
 

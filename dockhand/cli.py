@@ -115,7 +115,7 @@ AmqpKeyFile = Annotated[
 
 def amqp_tls(url: str, ca_file: Path | None, cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext | None:
     """The TLS context for ``url``, built as the worker builds its own (worker/tls.py)."""
-    from .tls import TlsConfigError, amqp_context
+    from dockhand.worker.tls import TlsConfigError, amqp_context
 
     try:
         return amqp_context(url, ca_file, cert_file, key_file)
@@ -131,7 +131,7 @@ def run() -> None:
     """Run the worker (configured by DOCKHAND_* environment variables)."""
     from pydantic import ValidationError
 
-    from .settings import Settings
+    from dockhand.worker.settings import Settings
 
     try:
         settings = Settings()
@@ -144,12 +144,12 @@ def run() -> None:
             for e in err.errors()
         )
         _die(f"invalid settings: {problems}", EXIT_INVALID)
-    from .logs import setup_logging
+    from dockhand.worker.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_json, settings.host_id)
     from aiormq.exceptions import AMQPConnectionError, ProbableAuthenticationError
 
-    from .app import create_app
+    from dockhand.worker.app import create_app
 
     try:
         asyncio.run(create_app(settings).run())
@@ -165,7 +165,7 @@ def schema(
     directory: Annotated[Path | None, typer.Argument(help="Where to write (default: schemas/json).")] = None,
 ) -> None:
     """Write the JSON Schema of every message kind."""
-    from schemas.export import SCHEMA_DIR, write
+    from dockhand.schemas.export import SCHEMA_DIR, write
 
     for path in write(directory or SCHEMA_DIR):
         typer.echo(path)
@@ -175,7 +175,7 @@ def schema(
 
 
 def _command_types() -> list[str]:
-    from schemas import COMMAND_TYPES
+    from dockhand.schemas import COMMAND_TYPES
 
     return sorted(COMMAND_TYPES)
 
@@ -216,7 +216,7 @@ def build_command(
     """The command body, validated locally against the contract's models (as the worker will)."""
     from pydantic import ValidationError
 
-    from schemas import COMMAND_ADAPTER, COMMAND_TYPES
+    from dockhand.schemas import COMMAND_ADAPTER, COMMAND_TYPES
 
     if command_type not in COMMAND_TYPES:
         fail(f"unknown command type {command_type!r}; one of: {', '.join(_command_types())}", EXIT_INVALID)
@@ -254,7 +254,7 @@ class HostTarget:
 def resolve_host(host: str | None) -> str:
     """``--host``: a host id, ``any`` or ``all``; default DOCKHAND_HOST_ID, else this machine's id."""
     if host is None:
-        from .settings import default_host_id
+        from dockhand.worker.settings import default_host_id
 
         host = default_host_id()
     if host not in {HostTarget.ANY, HostTarget.ALL} and not _HOST_ID.match(host):
@@ -846,7 +846,7 @@ def _errors() -> Iterator[None]:
 
 def _die(message: str, code: int) -> NoReturn:
     typer.echo(f"dockhand: {message}", err=True)
-    # SystemExit rather than typer.Exit: `python -m worker` calls run() without typer.
+    # SystemExit rather than typer.Exit: `python -m dockhand.worker` calls run() without typer.
     raise SystemExit(code)
 
 
