@@ -10,6 +10,17 @@ from pydantic import Field
 from ._base import WireModel
 from .results import Service
 
+# Contract v1.1 "Event sequence numbers": optional in the model so that v1 messages (and older
+# fixtures) still parse; the worker always sets both.
+_SEQ = (
+    "Counts up by one per message of this host's event family (the routing key's second word, "
+    "snapshots included), starting at 1 in each epoch; a gap means messages were missed: resync."
+)
+_EPOCH = (
+    "Changes whenever the publisher of this host's events changes (worker restart, fail-over); "
+    "a new epoch means messages may have been missed: resync."
+)
+
 
 class ContainerRef(WireModel):
     id: str
@@ -28,6 +39,8 @@ class ContainerEvent(WireModel):
     time: datetime
     container: ContainerRef
     attributes: dict[str, Any] = Field(default_factory=dict)
+    seq: int | None = Field(default=None, description=_SEQ)
+    epoch: str | None = Field(default=None, description=_EPOCH)
 
 
 class NetworkRef(WireModel):
@@ -47,6 +60,8 @@ class NetworkEvent(WireModel):
     container_id: str | None = None
     workspace_id: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
+    seq: int | None = Field(default=None, description=_SEQ)
+    epoch: str | None = Field(default=None, description=_EPOCH)
 
 
 class InvalidService(WireModel):
@@ -64,6 +79,8 @@ class DiscoveryEvent(WireModel):
     service: Service | None = None
     container: InvalidService | None = None
     reason: str | None = None
+    seq: int | None = Field(default=None, description=_SEQ)
+    epoch: str | None = Field(default=None, description=_EPOCH)
 
 
 class DiscoverySnapshot(WireModel):
@@ -75,3 +92,5 @@ class DiscoverySnapshot(WireModel):
     time: datetime
     services: list[Service]
     reason: Literal["startup", "resync", "periodic"]
+    seq: int | None = Field(default=None, description=_SEQ)
+    epoch: str | None = Field(default=None, description=_EPOCH)

@@ -28,7 +28,7 @@ from .health import HealthMonitor
 from .labels import Labels
 from .leadership import Leadership
 from .policy import Policy
-from .publishing import Publisher
+from .publishing import EventSequencer, Publisher
 from .settings import Settings
 from .telemetry import Telemetry, from_environment
 from .topology import Topology
@@ -159,13 +159,18 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
         await topology.declare(broker)
         ops = dispatcher.ops
         assert ops is not None
+        # Every publisher on the events exchange shares one sequencer: one counter per family.
+        sequencer = EventSequencer()
         discovery = Discovery(
             ops,
-            counted(publisher.to(topology.events, message_type="dockhand.discovery")),
+            counted(publisher.to(topology.events, message_type="dockhand.discovery", sequencer=sequencer)),
             require_healthy=settings.discovery_require_healthy,
         )
         stream = EventStream(
-            ops, settings, discovery, counted(publisher.to(topology.events, message_type="dockhand.event"))
+            ops,
+            settings,
+            discovery,
+            counted(publisher.to(topology.events, message_type="dockhand.event", sequencer=sequencer)),
         )
         health = HealthMonitor(
             ops,
@@ -181,6 +186,9 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
             dispatcher.active = True
             for subscriber in broker.subscribers:
                 await subscriber.start()
+            # This worker now publishes the host's events: a new epoch, so that consumers resync
+            # (another worker, or this one before it stood down, may have published meanwhile).
+            sequencer.new_epoch()
             stream.start()
 
         async def stand_by() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import stamina
@@ -43,8 +46,9 @@ class Publisher:
             with attempt:
                 await self.broker.publish(payload, mandatory=False, content_type="application/json", **options)
 
-    def to(self, exchange: RabbitExchange, *, message_type: str) -> Any:
-        """A ``publish(routing_key, model)`` function for one exchange."""
+    def to(self, exchange: RabbitExchange, *, message_type: str, sequencer: EventSequencer | None = None) -> Any:
+        """A ``publish(routing_key, model)`` function for one exchange; with a ``sequencer``,
+        every model is published with its ``seq`` and ``epoch`` (the events exchange)."""
 
         async def publish(routing_key: str, model: WireModel) -> None:
             await self.confirmed(
@@ -55,4 +59,56 @@ class Publisher:
                 message_type=message_type,
             )
 
-        return publish
+        if sequencer is None:
+            return publish
+
+        async def publish_in_sequence(routing_key: str, model: WireModel) -> None:
+            await sequencer.publish(routing_key, model, publish)
+
+        return publish_in_sequence
+
+
+class EventSequencer:
+    """``seq`` and ``epoch`` of the host's events (contract v1.1, "Event sequence numbers").
+
+    One per worker, shared by everything that publishes on the events exchange, so each family
+    (the routing key's second word: ``container``, ``network``, ``discovery``, ``workspace``)
+    has one counter whatever the publisher. :meth:`new_epoch` is called when this worker
+    becomes the host's event publisher: a consumer cannot tell which messages of an earlier
+    epoch (ours or another worker's) it missed, so it resyncs on a new epoch, and the counters
+    start again at 1.
+    """
+
+    def __init__(self) -> None:
+        self.epoch = secrets.token_hex(8)
+        self._next: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def new_epoch(self) -> str:
+        """Start a fresh epoch (a random hex string); every family counts from 1 again."""
+        self.epoch = secrets.token_hex(8)
+        self._next = {}
+        log.info("event epoch %s: sequence numbers start again at 1", self.epoch)
+        return self.epoch
+
+    async def publish(
+        self, routing_key: str, model: WireModel, send: Callable[[str, WireModel], Awaitable[None]]
+    ) -> None:
+        """Number ``model`` within its family and hand it to ``send`` (a confirmed publish).
+
+        Assigning and publishing happen under the family's lock, so the broker receives each
+        family's messages in ``seq`` order even if several tasks publish at once. The number is
+        taken before the publish and never handed out again: if the publish fails for good,
+        that ``seq`` is a gap, which is exactly what tells a consumer it may have missed
+        something and must resync (reusing it would hide the loss).
+        """
+        family = routing_key.split(".", 2)[1]
+        lock = self._locks.get(family)
+        if lock is None:
+            lock = self._locks[family] = asyncio.Lock()
+        async with lock:
+            seq = self._next.get(family, 1)
+            self._next[family] = seq + 1
+            # A shallow copy without validation: the model is already valid, and the caller's
+            # object stays as it was.
+            await send(routing_key, model.model_copy(update={"seq": seq, "epoch": self.epoch}))
