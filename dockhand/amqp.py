@@ -8,6 +8,7 @@ to one URL per node, so that no caller ever hands aio-pika a string it cannot pa
 
 from __future__ import annotations
 
+import os
 import re
 from urllib.parse import unquote, urlsplit
 
@@ -75,3 +76,17 @@ def url_user(url: str) -> str | None:
     """The user name in an AMQP URL (the first of a list), or ``None`` if it names none."""
     user = urlsplit(url.split(",", 1)[0].strip()).username
     return unquote(user) if user else None
+
+
+def error_reason(err: BaseException) -> str:
+    """The readable part of a broker connection error (for one-line messages): ``Connection
+    refused``, not the errno tuple; the broker's own words for ``ACCESS_REFUSED``; passwords masked."""
+    cause = err.__cause__ if isinstance(err.__cause__, OSError) else err
+    errno = getattr(cause, "errno", None)
+    if isinstance(errno, int) and errno > 0:
+        return os.strerror(errno)
+    if isinstance(cause, TimeoutError):
+        return "no answer in time"
+    args = [a for a in getattr(cause, "args", ()) if isinstance(a, str)]
+    text = args[-1] if args else str(cause) or type(cause).__name__
+    return mask_url(text.split(" - ", 1)[-1] if text.startswith("ACCESS_REFUSED") else text)

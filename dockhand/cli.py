@@ -1,8 +1,10 @@
 """The ``dockhand`` command line: run the worker, send it commands, tail its events.
 
-``dockhand send`` and ``dockhand events`` talk to the broker with aio-pika directly: one
-connection, one channel, an exclusive server-named queue. They read ``DOCKHAND_AMQP_URL``,
-``DOCKHAND_EXCHANGE_PREFIX`` and ``DOCKHAND_HOST_ID`` like the worker does; options override.
+``dockhand send`` and ``dockhand events`` are built on the Python client, :mod:`dockhand.client`
+(one client implementation in the repo): it validates and publishes commands, collects their
+replies and subscribes to events. The CLI parses options and prints. They read
+``DOCKHAND_AMQP_URL``, ``DOCKHAND_EXCHANGE_PREFIX`` and ``DOCKHAND_HOST_ID`` like the worker
+does; options override.
 """
 
 from __future__ import annotations
@@ -11,22 +13,22 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import signal
 import ssl
 import sys
-import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from dockhand.amqp import error_reason, mask_url
+
 if TYPE_CHECKING:
-    import aio_pika.abc
+    from dockhand.client import Client
 
 # Exit codes of `dockhand send`, by result status (see `dockhand send --help`).
 EXIT_CODES: dict[str, int] = {"succeeded": 0, "failed": 1, "rejected": 2, "expired": 3}
@@ -59,11 +61,6 @@ class CliError(Exception):
 
 def fail(message: str, code: int = 1) -> NoReturn:
     raise CliError(message, code)
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages)."""
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 # --- options shared by send and events ----------------------------------------------------
@@ -154,10 +151,10 @@ def run() -> None:
     try:
         asyncio.run(create_app(settings).run())
     except ProbableAuthenticationError as err:
-        _die(f"RabbitMQ at {mask_url(settings.amqp_url)} refused the login: {_reason(err)}", EXIT_UNAVAILABLE)
+        _die(f"RabbitMQ at {mask_url(settings.amqp_url)} refused the login: {error_reason(err)}", EXIT_UNAVAILABLE)
     except AMQPConnectionError as err:
         # At start-up only: once connected, the broker connection reconnects by itself.
-        _die(f"cannot reach RabbitMQ at {mask_url(settings.amqp_url)}: {_reason(err)}", EXIT_UNAVAILABLE)
+        _die(f"cannot reach RabbitMQ at {mask_url(settings.amqp_url)}: {error_reason(err)}", EXIT_UNAVAILABLE)
 
 
 @app.command()
@@ -207,41 +204,20 @@ def load_payload(value: str | None) -> dict[str, Any] | None:
     return payload
 
 
-def build_command(
-    command_type: str,
-    payload: dict[str, Any] | None,
-    command_id: str | None = None,
-    expires_at: datetime | None = None,
-) -> dict[str, Any]:
-    """The command body, validated locally against the contract's models (as the worker will)."""
-    from pydantic import ValidationError
+def make_client(
+    url: str, prefix: str, ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None
+) -> Client:
+    """The client behind ``send`` and ``events``: the URL list checked (exit 2 when it does not
+    parse), TLS built as the worker builds it. It connects when used."""
+    from dockhand.amqp import UrlError, split_urls
+    from dockhand.client import Client
 
-    from dockhand.schemas import COMMAND_ADAPTER, COMMAND_TYPES
-
-    if command_type not in COMMAND_TYPES:
-        fail(f"unknown command type {command_type!r}; one of: {', '.join(_command_types())}", EXIT_INVALID)
-    body: dict[str, Any] = {"command_id": command_id or uuid.uuid4().hex, "type": command_type}
-    if payload is not None:
-        body["payload"] = payload
-    if expires_at is not None:
-        body["expires_at"] = expires_at.isoformat().replace("+00:00", "Z")
     try:
-        COMMAND_ADAPTER.validate_json(json.dumps(body))
-    except ValidationError as err:
-        problems = [_describe_error(command_type, e) for e in err.errors(include_url=False)]
-        fail(f"invalid {command_type} command: " + "; ".join(problems), EXIT_INVALID)
-    return body
-
-
-def _describe_error(command_type: str, error: Any) -> str:
-    loc = [str(p) for p in error.get("loc", ())]
-    if loc and loc[0] == command_type:  # the discriminator's tag
-        loc = loc[1:]
-    where = ".".join(loc) or "command"
-    message = str(error.get("msg", "invalid"))
-    if error.get("type") == "extra_forbidden":
-        message = "unknown field"
-    return f"{where}: {message}"
+        split_urls(url)
+    except UrlError as err:
+        fail(f"--amqp-url / DOCKHAND_AMQP_URL: {err}", EXIT_INVALID)
+    context = amqp_tls(url, ca_file, cert_file, key_file)
+    return Client(url, prefix=prefix, ssl_context=context, connect_timeout=CONNECT_TIMEOUT_S, name="dockhand-cli")
 
 
 class HostTarget:
@@ -327,14 +303,12 @@ def send(
         if not command_type:
             fail("missing TYPE (e.g. `dockhand send host.info`; `dockhand send --list` shows all)", EXIT_INVALID)
         target = resolve_host(host)
-        expires_at = None
-        if expires_in is not None:
-            from datetime import UTC, timedelta
-
-            expires_at = datetime.now(UTC) + timedelta(seconds=expires_in)
-        body = build_command(command_type, load_payload(payload), command_id, expires_at)
-        context = amqp_tls(amqp_url, amqp_ca_file, amqp_cert_file, amqp_key_file)
-        replies = _run_async(_send(amqp_url, exchange_prefix, target, body, timeout, context))
+        data = load_payload(payload)
+        client = make_client(amqp_url, exchange_prefix, amqp_ca_file, amqp_cert_file, amqp_key_file)
+        deadline = timedelta(seconds=expires_in) if expires_in is not None else None
+        # Validated locally as the worker will validate it: CommandRejected (exit 2), nothing sent.
+        body = client.command(command_type, data, command_id=command_id, deadline=deadline)
+        replies = _run_async(_send(client, target, body, timeout))
         if not replies:
             what = f"{command_type} {body['command_id']}"
             if target == HostTarget.ALL:
@@ -368,84 +342,30 @@ def _parse_result(raw: bytes) -> dict[str, Any]:
     return result if isinstance(result, dict) else {"status": "failed", "error": {"message": "reply is not an object"}}
 
 
-async def _send(
-    url: str, prefix: str, target: str, body: dict[str, Any], wait_s: float, context: ssl.SSLContext | None = None
-) -> list[bytes]:
-    import aio_pika
-    from aiormq.exceptions import DeliveryError
+async def _send(client: Client, target: str, body: dict[str, Any], wait_s: float) -> list[bytes]:
+    """Publish ``body`` once to ``target`` and wait up to ``wait_s`` for the reply (for ``all``:
+    one per host until ``wait_s``); the raw reply bodies, [] when none came."""
+    from dockhand.client import NoRoute, Retry
 
-    command_type = body["type"]
-    correlation_id = uuid.uuid4().hex
-    connection = await _connect(url, context)
-    async with connection:
-        channel = await connection.channel(on_return_raises=True)
-        exchange = await _existing_exchange(channel, f"{prefix}.commands", url)
-        reply_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        replies: asyncio.Queue[bytes] = asyncio.Queue()
-
-        async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            if message.correlation_id == correlation_id:
-                replies.put_nowait(message.body)
-
-        await reply_queue.consume(on_reply, no_ack=True)
-        routing_key = f"{target}.{command_type}"
+    expires = body.get("expires_at")
+    async with client:
         try:
-            await exchange.publish(
-                aio_pika.Message(
-                    json.dumps(body).encode(),
-                    content_type="application/json",
-                    correlation_id=correlation_id,
-                    reply_to=reply_queue.name,
-                    message_id=body["command_id"],
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    app_id="dockhand-cli",
-                    # With tenancy on, the worker takes the sender from user_id, and RabbitMQ
-                    # checks it against the connection's user: name the URL's user (none with
-                    # EXTERNAL / certificate login, whose user name only the broker knows).
-                    user_id=_url_user(url),
-                ),
-                routing_key=routing_key,
-                mandatory=True,
+            return await client.request_raw(
+                body["type"],
+                body.get("payload"),
+                host=target,
+                command_id=body["command_id"],
+                deadline=datetime.fromisoformat(expires) if expires else None,
+                timeout=wait_s,
+                retry=Retry.off(wait_s),
             )
-        except DeliveryError:
+        except NoRoute:
             who = "no worker" if target in {HostTarget.ANY, HostTarget.ALL} else f"no worker for host {target}"
             fail(
-                f"{who} has a queue on {prefix}.commands (routing key {routing_key} reaches no queue): "
-                "check --host and --exchange-prefix",
+                f"{who} has a queue on {client.prefix}.commands (routing key {target}.{body['type']} reaches "
+                "no queue): check --host and --exchange-prefix",
                 EXIT_UNAVAILABLE,
             )
-        return await _collect(replies, wait_s, many=target == HostTarget.ALL)
-
-
-def _url_user(url: str) -> str | None:
-    """The user name in an AMQP URL (the first, for a node list), or ``None`` if it names none."""
-    from urllib.parse import unquote, urlsplit
-
-    user = urlsplit(url.split(",", 1)[0].strip()).username
-    return unquote(user) if user else None
-
-
-async def _collect(replies: asyncio.Queue[bytes], wait_s: float, *, many: bool) -> list[bytes]:
-    """The first reply; with ``many``, every distinct reply within ``wait_s`` (copies dropped)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_s
-    got: list[bytes] = []
-    seen: set[str] = set()
-    while True:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            return got
-        try:
-            raw = await asyncio.wait_for(replies.get(), remaining)
-        except TimeoutError:
-            return got
-        key = str(_parse_result(raw).get("host_id")) if many else ""
-        if key in seen:  # a result may arrive twice (at-least-once): one per host
-            continue
-        seen.add(key)
-        got.append(raw)
-        if not many:
-            return got
 
 
 # --- result formatting --------------------------------------------------------------------
@@ -579,14 +499,14 @@ class Kind(StrEnum):
 
 def bindings(prefix: str, host: str | None, kinds: list[Kind]) -> list[tuple[str, str]]:
     """(exchange, routing key) pairs for ``dockhand events``."""
-    who = host or "*"
-    pairs = []
-    for kind in kinds or list(Kind):
-        if kind is Kind.health:
-            pairs.append((f"{prefix}.health", f"{who}.heartbeat"))
-        else:
-            pairs.append((f"{prefix}.events", f"{who}.{kind.value}.#"))
-    return pairs
+    return [(f"{prefix}.{exchange}", key) for exchange, key in _bindings(host, kinds)]
+
+
+def _bindings(host: str | None, kinds: list[Kind]) -> list[tuple[str, str]]:
+    """The same pairs with the exchange's suffix (``events``, ``health``), as the client takes them."""
+    from dockhand.client import bindings as client_bindings
+
+    return client_bindings([host] if host else None, [kind.value for kind in kinds or list(Kind)])
 
 
 def _clock(value: Any) -> str:
@@ -680,7 +600,7 @@ def events(
     with _errors():
         if host is not None and not _HOST_ID.match(host):
             fail(f"host {host!r} is not a host id ({_HOST_ID.pattern})", EXIT_INVALID)
-        pairs = bindings(exchange_prefix, host, kind or [])
+        kinds = kind or []
 
         def show(routing_key: str, raw: bytes) -> None:
             if as_json:
@@ -692,135 +612,82 @@ def events(
                 body = None
             typer.echo(format_event(routing_key, body))
 
-        context = amqp_tls(amqp_url, amqp_ca_file, amqp_cert_file, amqp_key_file)
-        seen, timed_out = _run_async(_tail(amqp_url, pairs, show, count, timeout, context))
+        client = make_client(amqp_url, exchange_prefix, amqp_ca_file, amqp_cert_file, amqp_key_file)
+        keys = ", ".join(f"{exchange} {key}" for exchange, key in bindings(exchange_prefix, host, kinds))
+        listening = f"dockhand: listening on {keys} (Ctrl-C to stop)"
+        seen, timed_out = _run_async(_tail(client, _bindings(host, kinds), show, count, timeout, listening))
     if timed_out and count is not None and seen < count:
         typer.echo(f"dockhand: {seen} of {count} messages within {timeout:g} s", err=True)
         raise typer.Exit(EXIT_TIMEOUT)
 
 
 async def _tail(
-    url: str,
+    client: Client,
     pairs: list[tuple[str, str]],
     show: Callable[[str, bytes], None],
     count: int | None,
     wait_s: float | None,
-    context: ssl.SSLContext | None = None,
+    listening: str,
 ) -> tuple[int, bool]:
-    """Print messages until ``count``, ``wait_s``, SIGINT or SIGTERM: (how many, timed out)."""
+    """Print messages until ``count``, ``wait_s``, SIGINT or SIGTERM: (how many, timed out).
+    ``listening`` goes to stderr once the queue is bound (what scripts wait for)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     seen = 0
-    connection = await _connect(url, context)
-    async with connection:
-        for exchange_name in dict.fromkeys(name for name, _ in pairs):
-            await _ensure_exchange(connection, exchange_name)
-        channel = await connection.channel()
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        for exchange_name, routing_key in pairs:
-            await queue.bind(exchange_name, routing_key=routing_key)
+    bound = False
 
-        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            nonlocal seen
-            if stop.is_set():
-                return
-            show(message.routing_key or "", message.body)
-            seen += 1
-            if count is not None and seen >= count:
-                stop.set()
+    async def on_connect() -> None:  # after each (re)binding: announce the first only
+        nonlocal bound
+        if not bound:
+            bound = True
+            typer.echo(listening, err=True)
 
-        await queue.consume(on_message, no_ack=True)
-        keys = ", ".join(f"{exchange} {key}" for exchange, key in pairs)
-        typer.echo(f"dockhand: listening on {keys} (Ctrl-C to stop)", err=True)
+    async def consume() -> None:
+        nonlocal seen
+        async with contextlib.aclosing(client.subscribe(pairs, on_connect=on_connect)) as messages:
+            async for message in messages:
+                show(message.routing_key or "", message.body)
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+
+    async with client:  # connects first: an unreachable broker is one line, not a retry loop
+        consumer = asyncio.ensure_future(consume())
+        stopped = asyncio.ensure_future(stop.wait())
         try:
-            await asyncio.wait_for(stop.wait(), wait_s)
-        except TimeoutError:
-            return seen, True
-    return seen, False
+            done, _ = await asyncio.wait({consumer, stopped}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (consumer, stopped):
+                task.cancel()
+            await asyncio.gather(consumer, stopped, return_exceptions=True)
+        if consumer in done:
+            consumer.result()  # its error, if it ended with one (a refused permission ...)
+    return seen, not done
 
 
-# --- broker plumbing and error handling -----------------------------------------------------
-
-
-async def _ensure_exchange(connection: aio_pika.abc.AbstractConnection, name: str) -> None:
-    """Make sure the topic exchange ``name`` exists: declared as the worker declares it, so a tail
-    may start before the worker -- but looked up first, since an event consumer's broker user
-    may read it and not configure it (README: broker users). Each try has its own channel: a
-    refused or failed declare closes it."""
-    import aio_pika
-    from aiormq.exceptions import ChannelAccessRefused, ChannelNotFoundEntity
-
-    channel = await connection.channel()
-    try:
-        await channel.get_exchange(name, ensure=True)  # passive: needs no permission
-        return
-    except ChannelNotFoundEntity:
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            await channel.close()
-    channel = await connection.channel()
-    try:
-        await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
-    except ChannelAccessRefused:
-        fail(f"exchange {name} does not exist yet and this user may not create it: start the worker first")
-    finally:
-        with contextlib.suppress(Exception):
-            await channel.close()
-
-
-async def _connect(url: str, context: ssl.SSLContext | None = None) -> aio_pika.abc.AbstractConnection:
-    import aio_pika
-    from aiormq.exceptions import ProbableAuthenticationError
-
-    masked = mask_url(url)
-    try:
-        return await asyncio.wait_for(aio_pika.connect(url, ssl_context=context), CONNECT_TIMEOUT_S)
-    except ProbableAuthenticationError as err:
-        fail(f"RabbitMQ at {masked} refused the login: {_reason(err)}", EXIT_UNAVAILABLE)
-    except TimeoutError:
-        fail(f"cannot reach RabbitMQ at {masked}: no answer within {CONNECT_TIMEOUT_S:g} s", EXIT_UNAVAILABLE)
-    except (OSError, ValueError) as err:
-        fail(f"cannot reach RabbitMQ at {masked}: {_reason(err)}", EXIT_UNAVAILABLE)
-
-
-async def _existing_exchange(
-    channel: aio_pika.abc.AbstractChannel, name: str, url: str
-) -> aio_pika.abc.AbstractExchange:
-    from aiormq.exceptions import ChannelNotFoundEntity
-
-    try:
-        return await channel.get_exchange(name, ensure=True)
-    except ChannelNotFoundEntity:
-        fail(
-            f"exchange {name} does not exist on {mask_url(url)}: no worker has run with this "
-            "exchange prefix (check --exchange-prefix / DOCKHAND_EXCHANGE_PREFIX)",
-            EXIT_UNAVAILABLE,
-        )
-
-
-def _reason(err: BaseException) -> str:
-    """The readable part of a connection error: ``Connection refused``, not the errno tuple."""
-    cause = err.__cause__ if isinstance(err.__cause__, OSError) else err
-    errno = getattr(cause, "errno", None)
-    if isinstance(errno, int) and errno > 0:
-        return os.strerror(errno)
-    args = [a for a in getattr(cause, "args", ()) if isinstance(a, str)]
-    text = args[-1] if args else str(cause) or type(cause).__name__
-    return mask_url(text.split(" - ", 1)[-1] if text.startswith("ACCESS_REFUSED") else text)
+# --- error handling ---------------------------------------------------------------------------
 
 
 def _run_async(coro: Any) -> Any:
-    """Run ``coro``; Ctrl-C ends it quietly (exit 0 for a tail, 130 otherwise is click's)."""
-    for name in ("aiormq", "aio_pika"):
-        # Their "error when creating transport" warnings would precede our own one line.
-        logger = logging.getLogger(name)
-        logger.addHandler(logging.NullHandler())
-        logger.propagate = False
-    return asyncio.run(coro)
+    """Run ``coro`` with the libraries' log records kept off stderr (their "error when creating
+    transport" would precede our own one line); the client's warnings (a subscription lost and
+    re-established) are printed as ``dockhand: ...`` lines."""
+    root = logging.getLogger()
+    quiet = logging.NullHandler()
+    own = logging.StreamHandler(sys.stderr)
+    own.setFormatter(logging.Formatter("dockhand: %(message)s"))
+    own.setLevel(logging.WARNING)
+    client_log = logging.getLogger("dockhand.client")
+    root.addHandler(quiet)
+    client_log.addHandler(own)
+    try:
+        return asyncio.run(coro)
+    finally:
+        root.removeHandler(quiet)
+        client_log.removeHandler(own)
 
 
 @contextlib.contextmanager
@@ -835,12 +702,15 @@ def _errors() -> Iterator[None]:
     except (typer.Exit, typer.Abort):
         raise
     except Exception as err:  # the last resort: still one line, never a traceback
-        from aiormq.exceptions import AMQPError, ChannelAccessRefused
+        from dockhand.client import BrokerUnavailable, CommandRejected
 
-        if isinstance(err, ChannelAccessRefused):  # the broker user lacks a permission
-            _die(f"RabbitMQ refused: {_reason(err)}", EXIT_UNAVAILABLE)
-        if isinstance(err, AMQPError | ConnectionError):
-            _die(f"lost the connection to RabbitMQ: {_reason(err)}", EXIT_UNAVAILABLE)
+        if isinstance(err, CommandRejected):  # refused locally, before anything was sent
+            _die(err.message, EXIT_INVALID)
+        if isinstance(err, BrokerUnavailable):  # unreachable, login or permission refused, no exchange
+            hint = " (check --exchange-prefix / DOCKHAND_EXCHANGE_PREFIX)" if err.exchange else ""
+            _die(f"{err}{hint}", EXIT_UNAVAILABLE)
+        if isinstance(err, ConnectionError):
+            _die(f"lost the connection to RabbitMQ: {error_reason(err)}", EXIT_UNAVAILABLE)
         _die(f"{type(err).__name__}: {err}", 1)
 
 

@@ -75,7 +75,15 @@ class ReplyTimeout(DockhandError, TimeoutError):
 
 
 class BrokerUnavailable(DockhandError, ConnectionError):
-    """No broker node could be reached, or it refused the login or a permission."""
+    """No broker node could be reached, or it refused the login or a permission. ``transient``:
+    trying again later may help (unreachable), else it will not (login, permission, no exchange).
+    ``exchange``: the ``<prefix>.commands`` exchange, when its absence is the cause (no worker has
+    run with that prefix), so that a tool can say which setting to check."""
+
+    def __init__(self, message: str, *, transient: bool = True, exchange: str | None = None) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.exchange = exchange
 
 
 ERRORS_BY_STATUS: dict[str, type[CommandError]] = {

@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from .conftest import AMQP_URL, REPO, Client, WorkerProcess
+from dockhand.amqp import mask_url
+
+from .conftest import AMQP_URL, REPO, Client, WorkerProcess, _delete_topology
 
 
 @dataclass
@@ -22,23 +24,28 @@ class Done:
     stderr: str
 
 
-def cli_args(worker: WorkerProcess, *args: str) -> list[str]:
+def cli_args(worker: WorkerProcess, *args: str, url: str = AMQP_URL, prefix: str | None = None) -> list[str]:
     return [
         sys.executable,
         "-m",
         "dockhand.cli",
         *args,
         "--amqp-url",
-        AMQP_URL,
+        url,
         "--exchange-prefix",
-        worker.prefix,
+        prefix or worker.prefix,
     ]
 
 
-async def dockhand(worker: WorkerProcess, *args: str, timeout: float = 60) -> Done:
+async def dockhand(
+    worker: WorkerProcess, *args: str, timeout: float = 60, url: str = AMQP_URL, prefix: str | None = None
+) -> Done:
     """Run ``dockhand ARGS`` to completion (async, so the client fixture's consumers keep running)."""
     proc = await asyncio.create_subprocess_exec(
-        *cli_args(worker, *args), cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *cli_args(worker, *args, url=url, prefix=prefix),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -185,3 +192,40 @@ async def test_events_timeout_without_count_reached(worker: WorkerProcess) -> No
     done = await dockhand(worker, "events", "--host", "no-such-host", "--count", "1", "--timeout", "0.5")
     assert done.code == 124
     assert done.stderr.splitlines()[-1] == "dockhand: 0 of 1 messages within 0.5 s"
+
+
+async def test_unknown_exchange_prefix_names_the_setting(worker: WorkerProcess) -> None:
+    # No worker has run with this prefix: its commands exchange is looked up, not created.
+    prefix = f"{worker.prefix}-none"
+    done = await dockhand(worker, "send", "host.info", "--host", worker.host_id, prefix=prefix)
+    assert done.code == 69, done
+    assert done.stderr == (
+        f"dockhand: exchange {prefix}.commands does not exist on {mask_url(AMQP_URL)}: no worker has run "
+        "with this exchange prefix (check --exchange-prefix / DOCKHAND_EXCHANGE_PREFIX)\n"
+    )
+
+
+async def test_wrong_password_is_a_refused_login(worker: WorkerProcess) -> None:
+    url = re.sub(r"^(amqps?://[^:/@]+:)[^@]*@", r"\1not-the-password@", AMQP_URL)
+    assert url != AMQP_URL
+    for args in (["send", "host.info", "--host", worker.host_id], ["events", "--timeout", "5"]):
+        done = await dockhand(worker, *args, url=url)
+        assert done.code == 69, done
+        assert done.stderr.startswith(f"dockhand: RabbitMQ at {mask_url(url)} refused the login: "), done
+        assert done.stderr.count("\n") == 1, done
+        assert "not-the-password" not in done.stderr
+
+
+async def test_events_may_start_before_the_worker(worker: WorkerProcess) -> None:
+    # A prefix no worker has used yet: the tail declares the exchanges as the worker does.
+    prefix = f"{worker.prefix}-early"
+    try:
+        done = await dockhand(worker, "events", "--count", "1", "--timeout", "1", prefix=prefix)
+        assert done.code == 124, done
+        assert done.stderr.splitlines() == [
+            f"dockhand: listening on {prefix}.events *.container.#, {prefix}.events *.network.#, "
+            f"{prefix}.events *.discovery.#, {prefix}.health *.heartbeat (Ctrl-C to stop)",
+            "dockhand: 0 of 1 messages within 1 s",
+        ]
+    finally:
+        await _delete_topology(prefix, [])

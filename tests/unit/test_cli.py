@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dockhand import cli
+from dockhand.client import BrokerUnavailable, Client, NoRoute, Retry
 
 runner = CliRunner()
 
@@ -45,7 +48,8 @@ def result(status: str = "succeeded", **extra: Any) -> dict[str, Any]:
 
 
 class FakeBroker:
-    """Stands in for the broker round trip: records what would be published, answers ``replies``."""
+    """Stands in for the broker round trip (``cli._send``: the client's ``request_raw``): records
+    what would be published and by which client, answers ``replies``."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
@@ -54,11 +58,16 @@ class FakeBroker:
     def reply(self, *items: dict[str, Any]) -> None:
         self.replies = list(items)
 
-    async def send(
-        self, url: str, prefix: str, target: str, body: dict[str, Any], wait_s: float, context: Any = None
-    ) -> list[bytes]:
+    async def send(self, client: Client, target: str, body: dict[str, Any], wait_s: float) -> list[bytes]:
         self.calls.append(
-            {"url": url, "prefix": prefix, "target": target, "body": body, "wait_s": wait_s, "context": context}
+            {
+                "url": ",".join(client.urls),
+                "prefix": client.prefix,
+                "target": target,
+                "body": body,
+                "wait_s": wait_s,
+                "context": client.ssl_context,
+            }
         )
         return [json.dumps(r).encode() for r in self.replies]
 
@@ -315,17 +324,50 @@ def test_all_hosts_no_reply(broker: FakeBroker) -> None:
     assert out.stderr.strip() == "dockhand: no host replied within 0.2 s (host.info c1)"
 
 
-async def test_collect_keeps_one_reply_per_host() -> None:
-    import asyncio
+class FakeWire:
+    """The client behind ``send`` without a broker: no connection, and each publish is answered
+    at once by ``replies`` (copies included, as at-least-once delivery may bring them)."""
 
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for host in ("host-a", "host-a", "host-b"):
-        queue.put_nowait(json.dumps(result(host_id=host)).encode())
-    got = await cli._collect(queue, 0.2, many=True)
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.replies: list[bytes] = []
+        self.published: list[str] = []
+
+        async def get_link(client: Client) -> Any:
+            return types.SimpleNamespace(lost=asyncio.Event())  # a link that stays up
+
+        async def publish(
+            client: Client, link: Any, body: bytes, routing_key: str, correlation_id: str, *_: Any
+        ) -> None:
+            self.published.append(routing_key)
+            for raw in self.replies:
+                client._waiters[correlation_id].deliver(raw)
+
+        monkeypatch.setattr(Client, "_get_link", get_link)
+        monkeypatch.setattr(Client, "_publish", publish)
+
+
+async def test_collect_keeps_one_reply_per_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    wire = FakeWire(monkeypatch)
+    client = cli.make_client(cli.DEFAULT_AMQP_URL, "dockhand")
+    wire.replies = [json.dumps(result(host_id=host)).encode() for host in ("host-a", "host-a", "host-b")]
+    got = await client.request_raw("host.info", host="all", timeout=0.2)
     assert [json.loads(g)["host_id"] for g in got] == ["host-a", "host-b"]
-    queue.put_nowait(b"{}")
-    queue.put_nowait(b"[]")
-    assert await cli._collect(queue, 0.2, many=False) == [b"{}"]
+    wire.replies = [b"{}", b"[]"]
+    assert await client.request_raw("host.info", host="host-a", timeout=0.2, retry=Retry.off(0.2)) == [b"{}"]
+
+
+def test_send_through_the_client_prints_one_result_per_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real `_send`, over the client: a copy of host-a's reply is dropped, one publish.
+    wire = FakeWire(monkeypatch)
+    wire.replies = [json.dumps(result(host_id=host)).encode() for host in ("host-a", "host-a", "host-b")]
+    out = invoke("send", "host.info", "--host", "all", "-t", "0.3")
+    assert out.exit_code == 0, out.output
+    assert out.stdout.splitlines()[-1] == "2 hosts replied: 2 succeeded"
+    assert wire.published == ["all.host.info"]
+    wire.replies = []
+    out = invoke("send", "host.info", "--host", "host-a", "-t", "0.2", "--id", "c7")
+    assert out.exit_code == 124
+    assert out.stderr == "dockhand: no reply from host-a within 0.2 s (host.info c7; it may still run)\n"
 
 
 def test_workspace_result_view() -> None:
@@ -497,6 +539,126 @@ def test_unreachable_broker_is_one_line_with_masked_password(command: list[str])
     assert "s3cret" not in out.output
 
 
+@pytest.mark.parametrize(("host", "who"), [("host-a", "no worker for host host-a"), ("any", "no worker")])
+def test_no_route_is_exit_69_and_names_the_options(monkeypatch: pytest.MonkeyPatch, host: str, who: str) -> None:
+    FakeWire(monkeypatch)
+
+    async def returned(*_: Any) -> None:  # the broker returned the mandatory publish
+        raise NoRoute("routing key reaches no queue")
+
+    monkeypatch.setattr(Client, "_publish", returned)
+    out = invoke("send", "host.info", "--host", host, "--exchange-prefix", "fleet", "-t", "5")
+    assert out.exit_code == 69
+    assert out.stderr == (
+        f"dockhand: {who} has a queue on fleet.commands (routing key {host}.host.info reaches no queue): "
+        "check --host and --exchange-prefix\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (
+            BrokerUnavailable(
+                "exchange p.commands does not exist on amqp://u:***@h/: no worker has run with this exchange prefix",
+                transient=False,
+                exchange="p.commands",
+            ),
+            "exchange p.commands does not exist on amqp://u:***@h/: no worker has run with this exchange prefix "
+            "(check --exchange-prefix / DOCKHAND_EXCHANGE_PREFIX)",
+        ),
+        (
+            BrokerUnavailable("RabbitMQ at amqp://u:***@h/ refused the login: bad credentials", transient=False),
+            "RabbitMQ at amqp://u:***@h/ refused the login: bad credentials",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", [["send", "host.info", "--host", "host-a"], ["events"]])
+def test_broker_unavailable_is_exit_69_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, command: list[str], error: BrokerUnavailable, line: str
+) -> None:
+    async def refuse(client: Client) -> None:
+        raise error
+
+    monkeypatch.setattr(Client, "open", refuse)
+    out = invoke(*command)
+    assert out.exit_code == 69
+    assert out.stdout == ""
+    assert out.stderr == f"dockhand: {line}\n"
+
+
+@pytest.mark.parametrize("command", [["send", "host.info", "--host", "host-a"], ["events"]])
+def test_a_broker_url_list_that_does_not_parse_is_exit_2(broker: FakeBroker, command: list[str]) -> None:
+    out = invoke(*command, "--amqp-url", "amqp://u:s3cret@node1:5672/,,amqp://node2/")
+    assert out.exit_code == 2
+    assert out.stderr.startswith("dockhand: --amqp-url / DOCKHAND_AMQP_URL: empty entry in the broker URL list")
+    assert out.stderr.count("\n") == 1
+    assert "s3cret" not in out.output
+    assert broker.calls == []
+
+
+def test_send_takes_a_url_list(broker: FakeBroker) -> None:
+    broker.reply(result())
+    out = invoke("send", "host.info", "--host", "host-a", "--amqp-url", "amqp://u:p@node1:5701,node2:5702/vh")
+    assert out.exit_code == 0, out.output
+    assert broker.calls[0]["url"] == "amqp://u:p@node1:5701/vh,amqp://u:p@node2:5702/vh"
+
+
+class FakeSubscription:
+    """``Client.subscribe`` without a broker: binds (``on_connect``), yields ``messages`` and then
+    waits, as a quiet queue does. The messages have only the two attributes the CLI may read."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *messages: tuple[str, bytes]) -> None:
+        self.messages = [types.SimpleNamespace(routing_key=key, body=body) for key, body in messages]
+        self.bindings: list[tuple[str, str]] = []
+        self.closed = False
+        fake = self
+
+        async def open_(client: Client) -> None:
+            return None
+
+        async def subscribe(client: Client, bindings: Any, *, on_connect: Any = None, **_: Any) -> Any:
+            fake.bindings = [(f"{client.prefix}.{exchange}", key) for exchange, key in bindings]
+            try:
+                await on_connect()
+                for message in fake.messages:
+                    yield message
+                await asyncio.Event().wait()
+            finally:
+                fake.closed = True
+
+        monkeypatch.setattr(Client, "open", open_)
+        monkeypatch.setattr(Client, "subscribe", subscribe)
+
+
+def test_events_count_json_and_the_listening_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    start = json.dumps({"host_id": "host-a", "type": "container.start"}).encode()
+    fake = FakeSubscription(
+        monkeypatch, ("host-a.container.start", start), ("host-a.container.die", b"{}"), ("x", b"3")
+    )
+    out = invoke("events", "--host", "host-a", "--kind", "container", "--count", "2", "--json")
+    assert out.exit_code == 0, out.output
+    assert out.stdout.splitlines() == [start.decode(), "{}"]
+    assert out.stderr == "dockhand: listening on dockhand.events host-a.container.# (Ctrl-C to stop)\n"
+    assert fake.bindings == cli.bindings("dockhand", "host-a", [cli.Kind.container])
+    assert fake.closed  # the subscription ends with the command (its queue goes)
+
+
+def test_events_timeout_before_count_is_124(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeSubscription(monkeypatch, ("host-a.heartbeat", b"not json"))
+    out = invoke("events", "--count", "3", "--timeout", "0.2", "--exchange-prefix", "p")
+    assert out.exit_code == 124
+    assert out.stdout.splitlines()[0].endswith("host-a.heartbeat (not a JSON object)")
+    assert out.stderr.splitlines() == [
+        "dockhand: listening on p.events *.container.#, p.events *.network.#, p.events *.discovery.#, "
+        "p.health *.heartbeat (Ctrl-C to stop)",
+        "dockhand: 1 of 3 messages within 0.2 s",
+    ]
+    assert fake.closed
+    # Without --count, the timeout is a normal end.
+    assert invoke("events", "--timeout", "0.2").exit_code == 0
+
+
 def test_unexpected_error_is_one_line(broker: FakeBroker, monkeypatch: pytest.MonkeyPatch) -> None:
     async def boom(*args: Any) -> list[bytes]:
         raise RuntimeError("something odd")
@@ -545,4 +707,4 @@ def test_run_without_a_broker_is_one_line(tmp_path: Path) -> None:
 )
 def test_send_names_the_url_user_as_user_id(url: str, user: str | None) -> None:
     # Tenancy takes the sender from user_id, which RabbitMQ checks against the login.
-    assert cli._url_user(url) == user
+    assert cli.make_client(url, "dockhand").user_id == user

@@ -125,7 +125,7 @@ def test_cli_builds_its_context_like_the_worker(clean_env: pytest.MonkeyPatch, t
     sent: list[object] = []
 
     async def fake_send(*args: object) -> list[bytes]:
-        sent.append(args[-1])  # the SSL context
+        sent.append(args[0].ssl_context)  # type: ignore[attr-defined]  # the client's SSL context
         return [b'{"status": "succeeded", "type": "host.info", "command_id": "c"}']
 
     clean_env.setattr(cli, "_send", fake_send)
