@@ -22,7 +22,7 @@ import logging
 import random
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -38,6 +38,7 @@ from aiormq.exceptions import (
 )
 from pydantic import BaseModel, ValidationError
 
+from dockhand.amqp import error_reason as _reason
 from dockhand.amqp import mask_url, split_urls, url_user
 from dockhand.schemas import COMMAND_ADAPTER, COMMAND_TYPES, RESULT_MODELS, Result
 
@@ -104,11 +105,12 @@ class _Link:
 class _Waiter:
     """Where the replies to one correlation id go."""
 
-    __slots__ = ("future", "queue")
+    __slots__ = ("future", "link", "queue")
 
     def __init__(self, many: bool) -> None:
         self.future: asyncio.Future[bytes] | None = None if many else asyncio.get_running_loop().create_future()
         self.queue: asyncio.Queue[bytes] | None = asyncio.Queue() if many else None
+        self.link: _Link | None = None  # the link an attempt is waiting on now: its loss fails the wait
 
     def deliver(self, body: bytes) -> None:
         if self.future is not None:
@@ -231,7 +233,7 @@ class Client:
         self._closed = True
         link, self._link = self._link, None
         if link is not None:
-            link.lost.set()
+            self._lose(link)
             with contextlib.suppress(Exception):
                 await link.connection.close()
 
@@ -246,9 +248,12 @@ class Client:
             return link
         async with self._link_lock:
             if self._closed:
-                raise BrokerUnavailable("the client is closed")
+                raise BrokerUnavailable("the client is closed", transient=False)
             if self._link is not None and not self._link.lost.is_set():
                 return self._link
+            if self._link is not None:  # lost: maybe only its channel, so close what is left of it
+                with contextlib.suppress(Exception):
+                    await self._link.connection.close()
             self._link = await self._connect_any()
             return self._link
 
@@ -259,11 +264,13 @@ class Client:
             try:
                 return await self._connect(url)
             except ProbableAuthenticationError as err:
-                raise BrokerUnavailable(f"RabbitMQ at {mask_url(url)} refused the login: {_reason(err)}") from err
+                raise BrokerUnavailable(
+                    f"RabbitMQ at {mask_url(url)} refused the login: {_reason(err)}", transient=False
+                ) from err
             except (TimeoutError, OSError, AMQPError, ValueError) as err:
                 problems.append(f"{mask_url(url)}: {_reason(err)}")
                 self._next_url += 1  # the next call starts at the next node
-        raise BrokerUnavailable("cannot reach RabbitMQ: " + "; ".join(problems))
+        raise BrokerUnavailable("cannot reach RabbitMQ at " + "; ".join(problems))
 
     async def _connect(self, url: str) -> _Link:
         connection = await asyncio.wait_for(
@@ -280,11 +287,18 @@ class Client:
             raise
 
         def lost(*_: Any) -> None:
-            link.lost.set()
+            self._lose(link)
 
         connection.close_callbacks.add(lost)
         channel.close_callbacks.add(lost)
         return link
+
+    def _lose(self, link: _Link) -> None:
+        """Mark ``link`` gone and fail the attempts waiting on it (they may be retried)."""
+        link.lost.set()
+        for waiter in self._waiters.values():
+            if waiter.link is link and waiter.future is not None and not waiter.future.done():
+                waiter.future.set_exception(_LinkLost())
 
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         waiter = self._waiters.get(message.correlation_id or "")
@@ -297,10 +311,12 @@ class Client:
             try:
                 link.commands = await link.channel.get_exchange(name, ensure=True)
             except ChannelNotFoundEntity as err:
-                link.lost.set()  # the 404 closed the channel
+                self._lose(link)  # the 404 closed the channel
                 raise BrokerUnavailable(
                     f"exchange {name} does not exist on {mask_url(link.url)}: no worker has run with "
-                    f"the exchange prefix {self.prefix!r}"
+                    "this exchange prefix",
+                    transient=False,
+                    exchange=name,
                 ) from err
         return link.commands
 
@@ -316,6 +332,16 @@ class Client:
     ) -> dict[str, Any]:
         """The command body, validated as the worker will validate it (:class:`CommandRejected`
         with code ``invalid_command`` or ``unknown_type`` before anything is sent)."""
+        return self._command(command_type, payload, command_id, deadline)[0]
+
+    def _command(
+        self,
+        command_type: str,
+        payload: BaseModel | Mapping[str, Any] | None,
+        command_id: str | None,
+        deadline: float | datetime | timedelta | None,
+    ) -> tuple[dict[str, Any], bytes]:
+        """:meth:`command`, and the body's JSON: validated as those bytes and sent as them."""
         if command_type not in COMMAND_TYPES:
             raise CommandRejected(
                 f"unknown command type {command_type!r}; one of: {', '.join(sorted(COMMAND_TYPES))}",
@@ -325,11 +351,14 @@ class Client:
             )
         body: dict[str, Any] = {"command_id": command_id or uuid.uuid4().hex, "type": command_type}
         if payload is not None:
-            body["payload"] = to_wire(payload)
+            # The typed calls' usual payload, a flat dict of plain values, is JSON-ready as it is.
+            flat = type(payload) is dict and all(type(v) in _PLAIN for v in payload.values())
+            body["payload"] = dict(payload) if flat else to_wire(payload)
         if (when := expires_at(deadline)) is not None:
             body["expires_at"] = when.isoformat().replace("+00:00", "Z")
+        encoded = json.dumps(body).encode()
         try:
-            COMMAND_ADAPTER.validate_json(json.dumps(body))
+            COMMAND_ADAPTER.validate_json(encoded)
         except ValidationError as err:
             problems = "; ".join(_describe(command_type, e) for e in err.errors(include_url=False))
             raise CommandRejected(
@@ -339,7 +368,7 @@ class Client:
                 command_id=body["command_id"],
                 command_type=command_type,
             ) from None
-        return body
+        return body, encoded
 
     async def request(
         self,
@@ -354,8 +383,8 @@ class Client:
     ) -> Result:
         """Send one command and return its :class:`~dockhand.schemas.Result`, whatever its status
         (the raw mode; the typed calls raise instead). Retries as ``retry`` says, with one command id."""
-        body = self.command(command_type, payload, command_id=command_id, deadline=deadline)
-        raw = await self._call(body, self._target(host), timeout, retry)
+        body, encoded = self._command(command_type, payload, command_id, deadline)
+        raw = await self._call(body, self._target(host), timeout, retry, encoded)
         return parse_result(raw)
 
     async def call(
@@ -371,8 +400,8 @@ class Client:
     ) -> Any:
         """Send one command and return its typed result body (e.g. a ``Workspace``); a result
         that is not ``succeeded`` raises a :class:`CommandError`."""
-        body = self.command(command_type, payload, command_id=command_id, deadline=deadline)
-        raw = await self._call(body, self._target(host), timeout, retry)
+        body, encoded = self._command(command_type, payload, command_id, deadline)
+        raw = await self._call(body, self._target(host), timeout, retry, encoded)
         return self._body(command_type, raw)
 
     async def _typed(self, model: type[M], command_type: str, payload: Any, options: Mapping[str, Any]) -> M:
@@ -441,14 +470,23 @@ class Client:
             )
         return _lenient(RESULT_MODELS[command_type], data.get("result"))
 
-    async def _call(self, body: dict[str, Any], target: str, timeout: float | None, retry: Retry | None) -> bytes:
-        """Publish ``body`` to ``target`` and return its reply; retry with the same command id."""
+    async def _call(
+        self,
+        body: dict[str, Any],
+        target: str,
+        timeout: float | None,
+        retry: Retry | None,
+        encoded: bytes | None = None,
+    ) -> bytes:
+        """Publish ``body`` (as ``encoded``, when the caller has it) to ``target`` and return its
+        reply; retry with the same command id."""
         if target == ALL:
             raise ValueError("target 'all' answers once per host: use request_all()")
         policy = retry or self.retry
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout if timeout is not None else self.timeout)
-        encoded = json.dumps(body).encode()
+        if encoded is None:
+            encoded = json.dumps(body).encode()
         correlation_id = uuid.uuid4().hex
         waiter = self._waiters[correlation_id] = _Waiter(many=False)
         assert waiter.future is not None
@@ -461,18 +499,18 @@ class Client:
                 try:
                     link = await self._get_link()
                     await self._publish(link, encoded, routing_key, correlation_id, body["command_id"])
-                    raw = await self._wait(waiter.future, link, wait_s)
+                    raw = await self._wait(waiter, link, wait_s)
                     if attempt >= policy.attempts or not _retryable(raw):
                         return raw
                     why = "retryable error"
                 except (TimeoutError, _LinkLost, BrokerUnavailable, AMQPError, ConnectionError) as err:
-                    if isinstance(err, BrokerUnavailable) and self._closed:
-                        raise
+                    if isinstance(err, BrokerUnavailable) and not err.transient:
+                        raise  # a refused login or permission, a missing exchange: trying again will not help
                     if attempt >= policy.attempts or loop.time() >= deadline:
                         if isinstance(err, BrokerUnavailable):
                             raise
                         if isinstance(err, ChannelAccessRefused):
-                            raise BrokerUnavailable(f"RabbitMQ refused: {_reason(err)}") from err
+                            raise BrokerUnavailable(f"RabbitMQ refused: {_reason(err)}", transient=False) from err
                         raise ReplyTimeout(
                             f"no reply to {body['type']} {body['command_id']} from {target} "
                             f"({attempt} attempt{'s' * (attempt != 1)}); it may still run",
@@ -480,6 +518,9 @@ class Client:
                             command_type=body["type"],
                         ) from err
                     why = type(err).__name__
+                    if waiter.future.done() and waiter.future.exception() is not None:
+                        # Timed out or lost: a reply that comes during the pause lands on a new one.
+                        waiter.future = loop.create_future()
                 pause = min(policy.delay(attempt), max(0.0, deadline - loop.time()))
                 log.info(
                     "%s %s: attempt %d: %s; retrying in %.2f s", body["type"], body["command_id"], attempt, why, pause
@@ -493,19 +534,22 @@ class Client:
         finally:
             self._waiters.pop(correlation_id, None)
 
-    async def _wait(self, future: asyncio.Future[bytes], link: _Link, wait_s: float) -> bytes:
+    async def _wait(self, waiter: _Waiter, link: _Link, wait_s: float) -> bytes:
+        """The reply to this attempt: TimeoutError after ``wait_s``, _LinkLost when ``link`` goes
+        (:meth:`_lose`). A timer and the loss resolve the future: no task and no asyncio.wait per call."""
+        future = waiter.future
+        assert future is not None
         if future.done():
             return future.result()
-        lost = asyncio.ensure_future(link.lost.wait())
-        try:
-            done, _ = await asyncio.wait((future, lost), timeout=max(0.0, wait_s), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            lost.cancel()
-        if future.done():
-            return future.result()
-        if lost in done:
+        if link.lost.is_set():
             raise _LinkLost
-        raise TimeoutError
+        timer = asyncio.get_running_loop().call_later(max(0.0, wait_s), _expire, future)
+        waiter.link = link
+        try:
+            return await future
+        finally:
+            waiter.link = None
+            timer.cancel()
 
     async def _publish(self, link: _Link, body: bytes, routing_key: str, correlation_id: str, command_id: str) -> None:
         exchange = await self._commands(link)
@@ -538,9 +582,12 @@ class Client:
         replies: dict[str, bytes] = {}
         try:
             link = await self._get_link()
-            await self._publish(
-                link, json.dumps(body).encode(), f"{ALL}.{body['type']}", correlation_id, body["command_id"]
-            )
+            try:
+                await self._publish(
+                    link, json.dumps(body).encode(), f"{ALL}.{body['type']}", correlation_id, body["command_id"]
+                )
+            except ChannelAccessRefused as err:  # as _call says it: the user may not publish there
+                raise BrokerUnavailable(f"RabbitMQ refused: {_reason(err)}", transient=False) from err
             while not (expect and expect <= replies.keys()):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -554,6 +601,75 @@ class Client:
         finally:
             self._waiters.pop(correlation_id, None)
         return list(replies.values())
+
+    # --- for tools and tests ---------------------------------------------------------------
+    # What a test harness or a relaying tool needs beside the typed calls: a message exactly as
+    # given (malformed on purpose, custom headers), its replies as raw bodies through this client's
+    # one reply queue, and a channel of this client's connection. Not needed by applications.
+
+    @property
+    def reply_to(self) -> str | None:
+        """For tools and tests: this client's reply queue (server-named; None before the client
+        connects; a reconnect makes a new one)."""
+        return self._link.reply_queue if self._link is not None else None
+
+    def expect(self, correlation_id: str) -> asyncio.Queue[bytes]:
+        """For tools and tests: the raw bodies of every reply with ``correlation_id`` that reaches
+        this client's reply queue, in arrival order and copies included, until :meth:`forget`."""
+        waiter = self._waiters.get(correlation_id)
+        if waiter is None or waiter.queue is None:
+            waiter = self._waiters[correlation_id] = _Waiter(many=True)
+        assert waiter.queue is not None
+        return waiter.queue
+
+    def forget(self, correlation_id: str) -> None:
+        """For tools and tests: stop collecting replies for ``correlation_id``."""
+        self._waiters.pop(correlation_id, None)
+
+    async def publish_raw(
+        self,
+        body: bytes,
+        routing_key: str,
+        *,
+        correlation_id: str | None = None,
+        message_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        user_id: str | None = None,
+        reply: bool = True,
+        mandatory: bool = True,
+    ) -> str:
+        """For tools and tests: publish ``body`` to ``<prefix>.commands`` under ``routing_key``
+        exactly as given -- not validated, confirmed, sent once (no retry). With ``reply`` its
+        ``reply_to`` is this client's reply queue and its replies are collected (:meth:`expect`).
+        ``user_id`` is set only when given; ``message_id`` defaults to a new one. ``mandatory``:
+        :class:`NoRoute` when no queue takes it. Returns the correlation id."""
+        correlation_id = correlation_id or uuid.uuid4().hex
+        if reply:
+            self.expect(correlation_id)
+        link = await self._get_link()
+        exchange = await self._commands(link)
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            correlation_id=correlation_id,
+            reply_to=link.reply_queue if reply else None,
+            message_id=message_id or uuid.uuid4().hex,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=dict(headers) if headers is not None else None,
+            app_id=self.name,
+            user_id=user_id,
+        )
+        try:
+            await exchange.publish(message, routing_key=routing_key, mandatory=mandatory)
+        except PublishError as err:
+            raise NoRoute(f"routing key {routing_key} reaches no queue on {self.prefix}.commands") from err
+        return correlation_id
+
+    async def channel(self) -> aio_pika.abc.AbstractChannel:
+        """For tools and tests: a new channel on this client's connection (closed with it), e.g. to
+        read a dead-letter queue or to tap ``<prefix>.results``."""
+        link = await self._get_link()
+        return await link.connection.channel()
 
     # --- events ----------------------------------------------------------------------------
 
@@ -582,7 +698,7 @@ class Client:
         queue: str | None = None,
         prefetch: int = 256,
         on_connect: Any = None,
-    ) -> AsyncIterator[aio_pika.abc.AbstractIncomingMessage]:
+    ) -> AsyncGenerator[aio_pika.abc.AbstractIncomingMessage, None]:
         """Messages from (exchange suffix, routing key) ``bindings``, e.g. ``("events", "*.discovery.#")``.
 
         Without ``queue``: an exclusive queue that lives as long as the iteration (what was sent
@@ -593,9 +709,13 @@ class Client:
         """
         pairs = list(bindings)
         pause = 0.0
+        channel: aio_pika.abc.AbstractChannel | None = None
         while not self._closed:
             try:
                 link = await self._get_link()
+                if channel is not None:  # the previous round's, after a cancelled consumer
+                    with contextlib.suppress(Exception):
+                        await channel.close()
                 channel = await link.connection.channel()
                 await channel.set_qos(prefetch_count=prefetch)
                 for exchange in dict.fromkeys(name for name, _ in pairs):
@@ -612,19 +732,35 @@ class Client:
                 # A durable queue acks after the loop body (a crash mid-way gets the message again);
                 # an exclusive one dies with the connection anyway.
                 async with q.iterator(no_ack=queue is None) as messages:
+                    # The broker cancels a consumer whose queue is deleted (or whose node left the
+                    # cluster); aio-pika's iterator would then wait for ever (aio-pika #334): end
+                    # the iteration instead and subscribe again, which lists again (on_connect).
+                    cancelled = asyncio.Event()
+                    closing: list[asyncio.Future[Any]] = []
+
+                    def on_cancel(
+                        _frame: Any, it: Any = messages, flag: asyncio.Event = cancelled, tasks: list[Any] = closing
+                    ) -> None:
+                        # Not awaited here: aiormq runs this in the channel's reader, which the
+                        # close needs for its own answer.
+                        flag.set()
+                        tasks.append(asyncio.ensure_future(it.close()))
+
+                    underlay = await channel.get_underlay_channel()
+                    underlay.on_consumer_cancel_callbacks.add(on_cancel)
                     async for message in messages:
                         yield message
                         if queue is not None:
                             await message.ack()
-                if link.lost.is_set() or channel.is_closed:
+                if link.lost.is_set() or channel.is_closed or cancelled.is_set():
                     raise _LinkLost
                 return
             except (_LinkLost, AMQPError, ConnectionError, OSError) as err:
                 if self._closed:
                     return
                 if isinstance(err, ChannelAccessRefused):
-                    raise BrokerUnavailable(f"RabbitMQ refused: {_reason(err)}") from err
-                if isinstance(err, BrokerUnavailable) and not self.urls:
+                    raise BrokerUnavailable(f"RabbitMQ refused: {_reason(err)}", transient=False) from err
+                if isinstance(err, BrokerUnavailable) and not err.transient:
                     raise
                 pause = min(5.0, pause * 2 or 0.5)
                 log.warning("event subscription lost (%s); resubscribing in %.1f s", _reason(err), pause)
@@ -648,14 +784,25 @@ class Client:
             await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
         except ChannelAccessRefused as err:
             raise BrokerUnavailable(
-                f"exchange {name} does not exist yet and this user may not create it: start the worker first"
+                f"exchange {name} does not exist yet and this user may not create it: start the worker first",
+                transient=False,
             ) from err
         finally:
             with contextlib.suppress(Exception):
                 await channel.close()
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _expire(future: asyncio.Future[bytes]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 def _retryable(raw: bytes) -> bool:
+    if b"true" not in raw:  # ``"retryable": true`` is JSON's literal true: most replies need no parse
+        return False
     try:
         data = json.loads(raw)
     except ValueError:
@@ -673,18 +820,3 @@ def _describe(command_type: str, error: Any) -> str:
     if error.get("type") == "extra_forbidden":
         message = "unknown field"
     return f"{where}: {message}"
-
-
-def _reason(err: BaseException) -> str:
-    """The readable part of a connection error: ``Connection refused``, not the errno tuple."""
-    import os
-
-    cause = err.__cause__ if isinstance(err.__cause__, OSError) else err
-    errno = getattr(cause, "errno", None)
-    if isinstance(errno, int) and errno > 0:
-        return os.strerror(errno)
-    if isinstance(cause, TimeoutError):
-        return "no answer in time"
-    args = [a for a in getattr(cause, "args", ()) if isinstance(a, str)]
-    text = args[-1] if args else str(cause) or type(cause).__name__
-    return mask_url(text.split(" - ", 1)[-1] if text.startswith("ACCESS_REFUSED") else text)

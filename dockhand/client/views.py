@@ -53,6 +53,8 @@ class _Track:
     epoch: str | None = None
     seq: int | None = None
     services: dict[str, Service] = field(default_factory=dict)  # by container id
+    stale: bool = False
+    """The last list of this host failed: its next message lists it again."""
 
 
 class _View:
@@ -107,6 +109,10 @@ class DiscoveryView(_View):
     Callbacks (plain or async functions of a :class:`ServiceChange`) run in order, one at a time.
     Without ``hosts``, start-up asks every host and waits ``list_timeout`` seconds for answers;
     hosts that answer later are listed when their first message arrives.
+
+    A ``discovery.list`` answer carries no ``seq``: the first message after a list sets the
+    baseline, so messages lost between a list and that message show only at a new epoch or at
+    the worker's next snapshot (``DOCKHAND_RECONCILE_INTERVAL_S``).
     """
 
     def __init__(
@@ -147,15 +153,21 @@ class DiscoveryView(_View):
                 out.setdefault(service.domain, []).append(service)
         return out
 
-    async def changes(self) -> AsyncIterator[ServiceChange]:
-        """Every change from now on, in order."""
+    def changes(self) -> AsyncIterator[ServiceChange]:
+        """Every change from now on (from this call, not from the first ``anext``), in order."""
+        # Registered here: a change made between ``it = view.changes()`` and the first
+        # ``await anext(it)`` is not lost.
         queue: asyncio.Queue[ServiceChange] = asyncio.Queue()
         self._listeners.append(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._listeners.remove(queue)
+
+        async def follow() -> AsyncIterator[ServiceChange]:
+            try:
+                while True:
+                    yield await queue.get()
+            finally:
+                self._listeners.remove(queue)
+
+        return follow()
 
     # --- following ---------------------------------------------------------------------------
 
@@ -181,7 +193,7 @@ class DiscoveryView(_View):
                 results = []
             for result in results:
                 if result.status == "succeeded" and result.result is not None:
-                    await self._replace(result.host_id, list(getattr(result.result, "services", [])))
+                    await self._listed(result.host_id, list(getattr(result.result, "services", [])))
             for host in set(self._tracks) - {r.host_id for r in results}:
                 await self._resync(host)  # known before, silent now: ask it by name
         self._ready.set()
@@ -192,26 +204,40 @@ class DiscoveryView(_View):
             listed = await self._client.discovery.list(host=host, timeout=max(self.list_timeout, 10.0))
         except DockhandError as err:
             log.warning("discovery view: cannot list %s: %s", host, err)
-            self._tracks.setdefault(host, _Track())
+            self._tracks.setdefault(host, _Track()).stale = True
             return
-        await self._replace(host, listed.services)
+        await self._listed(host, listed.services)
+
+    async def _listed(self, host: str, services: Iterable[Service]) -> None:
+        """A fresh list of ``host``: the new state, and the next message sets the seq baseline (the
+        list has no seq; comparing the next one with the seq before the list would see a gap)."""
+        await self._replace(host, services)
+        track = self._tracks[host]
+        track.seq, track.stale = None, False
 
     async def _apply(self, event: DiscoverySnapshot | DiscoveryEvent) -> None:
         host = event.host_id
         track = self._tracks.get(host)
         epoch, seq = getattr(event, "epoch", None), getattr(event, "seq", None)
         if isinstance(event, DiscoverySnapshot):
+            known = track.seq if track is not None and epoch == track.epoch else None
+            if seq is not None and known is not None and seq <= known:
+                return  # a copy of a snapshot applied already: newer deltas may follow it
             await self._replace(host, event.services)
-            self._tracks[host].epoch, self._tracks[host].seq = epoch, seq
+            track = self._tracks[host]
+            track.epoch, track.seq, track.stale = epoch, seq, False
             return
-        if track is None:  # a host seen for the first time: its state comes from a list
+        if track is None or track.stale:  # seen for the first time, or its last list failed
             await self._resync(host)
-        elif seq is not None and track.seq is not None:
-            if epoch != track.epoch or seq > track.seq + 1:
-                why = "a new epoch" if epoch != track.epoch else f"a gap in seq ({track.seq} → {seq})"
-                log.info("discovery view: %s: %s; listing it again", host, why)
+        elif seq is not None:
+            # The epoch is compared even right after a list (seq unknown then): a list carries none.
+            if track.epoch is not None and epoch != track.epoch:
+                log.info("discovery view: %s: a new epoch; listing it again", host)
                 await self._resync(host)
-            elif seq <= track.seq:
+            elif track.seq is not None and seq > track.seq + 1:
+                log.info("discovery view: %s: a gap in seq (%d → %d); listing it again", host, track.seq, seq)
+                await self._resync(host)
+            elif track.seq is not None and seq <= track.seq:
                 return  # a copy of what was applied already
         track = self._tracks[host]
         if seq is not None:
@@ -310,9 +336,19 @@ class HostsView(_View):
         return {s.host_id for s in self._workers.values() if s.role == "active" and s.age_s <= self.stale_after_s}
 
     async def wait_for(self, predicate: Callable[[HostsView], bool], timeout: float = 30.0) -> None:
-        """Wait until ``predicate(view)`` holds (checked at each heartbeat)."""
+        """Wait until ``predicate(view)`` holds: checked at each heartbeat and at least every
+        second (a quarter of ``stale_after_s`` if shorter), since staleness (a host falling out of
+        :meth:`up`) comes with no message at all; :class:`TimeoutError` after ``timeout``."""
+        poll_s = max(0.05, min(1.0, self.stale_after_s / 4))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self)), timeout)
+            while not predicate(self):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError(f"HostsView: the condition did not hold within {timeout:g} s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), min(poll_s, remaining))
 
     async def _run(self) -> None:
         from ._events import bindings, parse_event

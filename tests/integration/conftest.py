@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -27,6 +28,9 @@ from typing import Any
 import aio_pika
 import aiodocker
 import pytest
+
+from dockhand.client import Client as DockhandClient
+from dockhand.client import Retry
 
 AMQP_URL = os.environ.get("DOCKHAND_TEST_AMQP_URL", "amqp://guest:guest@localhost:5672/")
 TEST_IMAGE = os.environ.get("DOCKHAND_TEST_IMAGE", "dockhand-test/busybox:latest")
@@ -86,17 +90,21 @@ def _docker_cli(*args: str) -> str:
     return out.stdout
 
 
-def remove_labelled(label: str) -> None:
-    """Force-remove every container, network and volume carrying ``label`` (key=value)."""
-    containers = _docker_cli("ps", "-aq", "--filter", f"label={label}").split()
-    if containers:
-        _docker_cli("rm", "-f", "-v", *containers)
-    networks = _docker_cli("network", "ls", "-q", "--filter", f"label={label}").split()
-    if networks:
-        _docker_cli("network", "rm", *networks)
-    volumes = _docker_cli("volume", "ls", "-q", "--filter", f"label={label}").split()
-    if volumes:
-        _docker_cli("volume", "rm", "-f", *volumes)
+def remove_labelled(*labels: str) -> None:
+    """Force-remove every container, network and volume carrying one of ``labels`` (key=value):
+    all the containers first, since a network of one label (the session's default network, made
+    by whichever worker came first) may still hold containers of another."""
+    for label in labels:
+        containers = _docker_cli("ps", "-aq", "--filter", f"label={label}").split()
+        if containers:
+            _docker_cli("rm", "-f", "-v", *containers)
+    for label in labels:
+        networks = _docker_cli("network", "ls", "-q", "--filter", f"label={label}").split()
+        if networks:
+            _docker_cli("network", "rm", *networks)
+        volumes = _docker_cli("volume", "ls", "-q", "--filter", f"label={label}").split()
+        if volumes:
+            _docker_cli("volume", "rm", "-f", *volumes)
 
 
 async def _delete_topology(prefix: str, host_ids: list[str]) -> None:
@@ -167,9 +175,8 @@ class WorkerFactory:
     def cleanup(self) -> None:
         for worker in self.workers:
             worker.stop()
-        for worker in self.workers:
-            remove_labelled(f"dockhand.host={worker.host_id}")
-        remove_labelled(f"{TEST_LABEL}={self.session_id}")
+        hosts = sorted({w.host_id for w in self.workers})
+        remove_labelled(*(f"dockhand.host={h}" for h in hosts), f"{TEST_LABEL}={self.session_id}")
         asyncio.run(_delete_topology(self.prefix, sorted({w.host_id for w in self.workers})))
 
 
@@ -190,23 +197,31 @@ def worker(workers: WorkerFactory) -> WorkerProcess:
 
 @dataclass
 class Client:
-    """Publishes commands as a client service would, and reads what comes back."""
+    """Commands as a client service sends them, through a :class:`dockhand.client.Client` (``dh``):
+    its connection, its one reply queue and its routing of replies by correlation id. On top, the
+    fault-injection a test needs: commands published exactly as given (malformed bodies, custom
+    headers), every reply of a correlation id (to count copies), the dead-letter queue and a tap
+    on the results exchange (on a channel of the same connection)."""
 
+    dh: DockhandClient
     channel: aio_pika.abc.AbstractChannel
-    commands: aio_pika.abc.AbstractExchange
-    reply_queue: aio_pika.abc.AbstractQueue
-    results_queue: aio_pika.abc.AbstractQueue
     worker: WorkerProcess
     session_id: str
-    replies: dict[str, asyncio.Queue[dict[str, Any]]] = field(default_factory=dict)
+    replies: dict[str, asyncio.Queue[bytes]] = field(default_factory=dict)
+    """Raw reply bodies per correlation id (``dh.expect``), for ``.empty()`` / ``.qsize()`` checks."""
     results: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
-    def _reply_box(self, correlation_id: str) -> asyncio.Queue[dict[str, Any]]:
-        return self.replies.setdefault(correlation_id, asyncio.Queue())
+    @property
+    def reply_to(self) -> str:
+        """The reply queue of ``dh``, for messages a test publishes on another connection."""
+        assert self.dh.reply_to is not None
+        return self.dh.reply_to
 
-    async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        async with message.process():
-            self._reply_box(message.correlation_id or "").put_nowait(json.loads(message.body))
+    def _reply_box(self, correlation_id: str) -> asyncio.Queue[bytes]:
+        box = self.replies.get(correlation_id)
+        if box is None:
+            box = self.replies[correlation_id] = self.dh.expect(correlation_id)
+        return box
 
     async def _on_result(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         async with message.process():
@@ -227,23 +242,24 @@ class Client:
         reply: bool = True,
         message_id: str | None = None,
         headers: dict[str, Any] | None = None,
+        user_id: str | None = None,
+        mandatory: bool = False,
     ) -> str:
+        """Publish ``body`` exactly as given (``dh.publish_raw``: not validated, sent once); its
+        replies are collected under the returned correlation id (see :meth:`reply`)."""
         correlation_id = correlation_id or uuid.uuid4().hex
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         self._reply_box(correlation_id)
-        await self.commands.publish(
-            aio_pika.Message(
-                raw,
-                content_type="application/json",
-                correlation_id=correlation_id,
-                reply_to=self.reply_queue.name if reply else None,
-                message_id=message_id or uuid.uuid4().hex,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                headers=headers,
-            ),
-            routing_key=routing_key,
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return await self.dh.publish_raw(
+            raw,
+            routing_key,
+            correlation_id=correlation_id,
+            reply=reply,
+            message_id=message_id,
+            headers=headers,
+            user_id=user_id,
+            mandatory=mandatory,
         )
-        return correlation_id
 
     def command(
         self, command_type: str, payload: dict[str, Any] | None = None, *, command_id: str | None = None, **extra: Any
@@ -262,23 +278,31 @@ class Client:
         timeout: float = 60,
         **extra: Any,
     ) -> dict[str, Any]:
-        """Publish one command and wait for its result on ``reply_to``."""
+        """Publish one command once and return its (first) reply. Sent as given, not validated by
+        the client: many tests send invalid commands on purpose to see the worker reject them.
+        Mandatory, as the client publishes: a target without a queue fails at once (``NoRoute``)."""
         body = self.command(command_type, payload, **extra)
-        correlation_id = await self.publish(body, f"{target or self.worker.host_id}.{command_type}")
-        return await self.reply(correlation_id, timeout)
+        correlation_id = await self.publish(body, f"{target or self.worker.host_id}.{command_type}", mandatory=True)
+        try:
+            return await self.reply(correlation_id, timeout)
+        finally:
+            self.replies.pop(correlation_id, None)
+            self.dh.forget(correlation_id)
 
     async def reply(self, correlation_id: str, timeout: float = 60) -> dict[str, Any]:
         try:
-            return await asyncio.wait_for(self._reply_box(correlation_id).get(), timeout)
+            raw = await asyncio.wait_for(self._reply_box(correlation_id).get(), timeout)
         except TimeoutError:
             raise AssertionError(
                 f"no reply for {correlation_id} within {timeout} s; worker log:\n{self.worker.log()[-3000:]}"
             ) from None
+        reply: dict[str, Any] = json.loads(raw)
+        return reply
 
     async def no_reply(self, correlation_id: str, wait: float = 1.0) -> None:
         with contextlib.suppress(TimeoutError):
             extra = await asyncio.wait_for(self._reply_box(correlation_id).get(), wait)
-            raise AssertionError(f"unexpected extra reply: {extra}")
+            raise AssertionError(f"unexpected extra reply: {extra!r}")
 
     async def dead_letter(self, message_id: str, timeout: float = 15) -> aio_pika.abc.AbstractIncomingMessage:
         """The message with ``message_id`` from the dead-letter queue (others are skipped)."""
@@ -315,15 +339,13 @@ async def client(worker: WorkerProcess, session_id: str) -> AsyncIterator[Client
 @contextlib.asynccontextmanager
 async def connect_client(worker: WorkerProcess, session_id: str, amqp_url: str = AMQP_URL) -> AsyncIterator[Client]:
     """A :class:`Client` for ``worker`` (the ``client`` fixture, for tests with their own workers)."""
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        commands = await channel.get_exchange(f"{worker.prefix}.commands", ensure=False)
-        reply_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    async with DockhandClient(
+        amqp_url, prefix=worker.prefix, host=worker.host_id, retry=Retry.off(), name=f"dhtest-{session_id}"
+    ) as dh:
+        channel = await dh.channel()
         results_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await results_queue.bind(f"{worker.prefix}.results", routing_key="#")
-        client = Client(channel, commands, reply_queue, results_queue, worker, session_id)
-        await reply_queue.consume(client._on_reply)
+        client = Client(dh, channel, worker, session_id)
         await results_queue.consume(client._on_result)
         yield client
 
@@ -348,9 +370,8 @@ class EventLog:
 
     items: list[tuple[str, dict[str, Any], float]] = field(default_factory=list)
 
-    async def on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        async with message.process():
-            self.items.append((message.routing_key or "", json.loads(message.body), time.monotonic()))
+    def record(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        self.items.append((message.routing_key or "", json.loads(message.body), time.monotonic()))
 
     def select(self, kind: str, predicate: Any = None) -> list[dict[str, Any]]:
         """Bodies whose routing key ends with ``kind`` (e.g. ``discovery.added``) and match."""
@@ -373,50 +394,61 @@ class EventLog:
 
 
 async def request(
-    channel: aio_pika.abc.AbstractChannel,
+    url: str,
     prefix: str,
     host: str,
     command: dict[str, Any],
     message_id: str | None = None,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    timeout: float = 60,
 ) -> Any:
-    """Publish ``command`` on ``channel`` (any broker user: one that may only declare server-named
-    queues too) and wait for its reply on a server-named reply queue."""
-    reply_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-    assert reply_queue.name.startswith("amq.gen-")
-    commands = await channel.get_exchange(f"{prefix}.commands", ensure=True)
-    correlation_id = uuid.uuid4().hex
-    await commands.publish(
-        aio_pika.Message(
-            json.dumps(command).encode(),
-            content_type="application/json",
-            correlation_id=correlation_id,
-            reply_to=reply_queue.name,
-            message_id=message_id,
-        ),
-        routing_key=f"{host}.{command['type']}",
-    )
-    async with reply_queue.iterator(timeout=60) as replies:
-        async for message in replies:
-            await message.ack()
-            if message.correlation_id == correlation_id:
-                return json.loads(message.body)
-    raise AssertionError("no reply")
+    """Send ``command`` (a whole body, sent as given: it may be invalid on purpose) to ``host``
+    through a :class:`dockhand.client.Client` of its own on ``url`` (any broker user, e.g. one that
+    may only declare server-named queues; TLS with ``ssl_context``) and return the reply."""
+    async with DockhandClient(url, prefix=prefix, ssl_context=ssl_context, retry=Retry.off()) as dh:
+        assert dh.reply_to is not None
+        assert dh.reply_to.startswith("amq.gen-")  # server-named: all a least-privilege sender may declare
+        correlation_id = await dh.publish_raw(
+            json.dumps(command).encode(), f"{host}.{command['type']}", message_id=message_id
+        )
+        try:
+            raw = await asyncio.wait_for(dh.expect(correlation_id).get(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no reply to {command['type']} from {host} within {timeout} s") from None
+        return json.loads(raw)
 
 
 @contextlib.asynccontextmanager
 async def listen(prefix: str) -> AsyncIterator[EventLog]:
-    """Bind a private queue to ``<prefix>.events`` and ``<prefix>.health`` (declaring them as
-    the worker does, so a listener can start before the worker)."""
+    """Everything on ``<prefix>.events`` and ``<prefix>.health``, through ``Client.subscribe`` (a
+    private queue; the exchanges are declared as the worker does, so a listener can start before
+    the worker). Yields once the queue is bound."""
     log = EventLog()
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        for name in ("events", "health"):
-            exchange = await channel.declare_exchange(f"{prefix}.{name}", aio_pika.ExchangeType.TOPIC, durable=True)
-            await queue.bind(exchange, routing_key="#")
-        await queue.consume(log.on_message)
-        yield log
+    bound = asyncio.Event()
+
+    async def on_connect() -> None:
+        bound.set()
+
+    async with DockhandClient(AMQP_URL, prefix=prefix, name="dhtest-listen") as dh:
+
+        async def follow() -> None:
+            async for message in dh.subscribe([("events", "#"), ("health", "#")], on_connect=on_connect):
+                log.record(message)
+
+        task = asyncio.create_task(follow())
+        try:
+            ready = asyncio.ensure_future(bound.wait())
+            await asyncio.wait((ready, task), timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            if task.done():
+                task.result()  # the subscription failed: its error
+            assert bound.is_set(), f"the event subscription on {prefix} was not bound within 30 s"
+            yield log
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 @pytest.fixture

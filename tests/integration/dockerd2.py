@@ -372,6 +372,7 @@ class SecondDockerd:
         directories, delete ``br-<name>`` (only that bridge) and remove the root and short dirs.
         Safe to call more than once and on a daemon that never started."""
         errors: list[str] = []
+        self._remove_networks()
         try:
             self.stop()
         except (DockerdError, OSError, subprocess.SubprocessError) as e:
@@ -382,6 +383,18 @@ class SecondDockerd:
         self._remove_dirs(keep_log, errors)
         if errors:
             raise DockerdError(f"{self}: cleanup incomplete:\n" + "\n".join(errors))
+
+    def _remove_networks(self) -> None:
+        """Have the daemon remove its own networks (and so their ``br-<id>`` bridges and routes)
+        while it still runs: once it is stopped nothing deletes them, and leaked bridges use up the
+        address pools that this machine's daemons share. Everything on this daemon is ours."""
+        if not self.running or not self._ping():
+            return
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            ids = self.cli("ps", "-aq", check=False, timeout=30).stdout.split()
+            if ids:
+                self.cli("rm", "-f", *ids, check=False, timeout=60)
+            self.cli("network", "prune", "-f", check=False, timeout=60)
 
     def log_tail(self, lines: int = 40, offset: int = 0) -> str:
         try:

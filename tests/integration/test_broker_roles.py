@@ -101,24 +101,15 @@ async def refused_publish(
     return refused.value
 
 
-async def send(
-    channel: aio_pika.abc.AbstractChannel,
-    host: str,
-    prefix: str,
-    command: dict[str, Any],
-    message_id: str | None = None,
-) -> Any:
-    """Publish ``command`` as a sender and wait for the reply on a server-named reply queue."""
-    return await request(channel, prefix, host, command, message_id)
-
-
 async def test_sender_sends_commands_and_cannot_publish_events(
     role_worker: WorkerProcess, users: dict[str, BrokerUser], session_id: str
 ) -> None:
     prefix = role_worker.prefix
     async with connect(users["sender"]) as connection:
-        channel = await connection.channel()
-        reply = await send(channel, role_worker.host_id, prefix, {"command_id": uuid.uuid4().hex, "type": "host.info"})
+        # As the sender (conftest.request: a dockhand client of its own, a server-named reply queue).
+        reply = await request(
+            users["sender"].url, prefix, role_worker.host_id, {"command_id": uuid.uuid4().hex, "type": "host.info"}
+        )
         assert reply["status"] == "succeeded", reply
         assert reply["host_id"] == role_worker.host_id
 
@@ -144,7 +135,7 @@ async def test_consumer_receives_events_and_cannot_send_commands(
 ) -> None:
     prefix, host = role_worker.prefix, role_worker.host_id
     seen: list[tuple[str, dict[str, Any]]] = []
-    async with connect(users["consumer"]) as consumer, connect(users["sender"]) as sender:
+    async with connect(users["consumer"]) as consumer:
         channel = await consumer.channel()
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(f"{prefix}.events", routing_key=f"{host}.#")
@@ -156,12 +147,11 @@ async def test_consumer_receives_events_and_cannot_send_commands(
         await queue.consume(on_message, no_ack=True)
         # Docker events the worker publishes as its role's user: a workspace comes and goes.
         ws = f"t{session_id}-roles-{secrets.token_hex(2)}"
-        sender_channel = await sender.channel()
         payload = {"workspace_id": ws, "image": TEST_IMAGE, "labels": {TEST_LABEL: session_id}}
-        created = await send(
-            sender_channel,
-            host,
+        created = await request(
+            users["sender"].url,
             prefix,
+            host,
             {"command_id": uuid.uuid4().hex, "type": "workspace.create", "payload": payload},
         )
         try:
@@ -175,10 +165,10 @@ async def test_consumer_receives_events_and_cannot_send_commands(
             assert f"{host}.heartbeat" in keys, keys
             assert f"{host}.container.start" in keys, keys
         finally:
-            removed = await send(
-                sender_channel,
-                host,
+            removed = await request(
+                users["sender"].url,
                 prefix,
+                host,
                 {
                     "command_id": uuid.uuid4().hex,
                     "type": "workspace.remove",
@@ -275,8 +265,7 @@ async def test_worker_user_dead_letters_a_redacted_copy(
             "privileged": True,  # not in the contract: rejected
         },
     }
-    async with connect(users["sender"]) as sender:
-        reply = await send(await sender.channel(), host, prefix, command, message_id=message_id)
+    reply = await request(users["sender"].url, prefix, host, command, message_id=message_id)
     assert reply["status"] == "rejected", reply
     # The dead-letter queue, read as guest (no role reads it): the copy, without the password.
     connection = await aio_pika.connect(AMQP_URL)

@@ -44,23 +44,28 @@ async def test_every_command_type_through_the_typed_client(
     network = f"dhtest-{session_id}-cl-{secrets.token_hex(2)}"
 
     info = await dh.host.info()
-    assert info.host_id == worker.host_id and info.docker_version
+    assert info.host_id == worker.host_id
+    assert info.docker_version
     image = await dh.images.inspect(test_image)
     assert image.image_id.startswith("sha256:")
     pulled = await dh.images.pull(
         REGISTRY_IMAGE, registry_auth={"username": REGISTRY_USER, "password": REGISTRY_PASSWORD}
     )
-    assert pulled.image == REGISTRY_IMAGE and pulled.image_id.startswith("sha256:")
+    assert pulled.image == REGISTRY_IMAGE
+    assert pulled.image_id.startswith("sha256:")
 
     created = await dh.workspaces.create(
         workspace_id=ws, image=test_image, command=["sleep", "300"], labels=labels, start=False
     )
-    assert isinstance(created, Workspace) and created.created is True and created.state == "created"
+    assert isinstance(created, Workspace)
+    assert created.created is True
+    assert created.state == "created"
     # The same spec again: created=False; as a model payload too.
     again = await dh.workspaces.create(
         WorkspaceCreate(workspace_id=ws, image=test_image, command=["sleep", "300"], labels=labels, start=False)
     )
-    assert again.created is False and again.container_id == created.container_id
+    assert again.created is False
+    assert again.container_id == created.container_id
     assert (await dh.workspaces.start(ws)).state == "running"
     out = await dh.workspaces.exec(ws, ["sh", "-c", "echo out; echo err >&2; exit 3"])
     assert isinstance(out, ExecOutput)
@@ -95,10 +100,14 @@ async def test_failed_results_raise_one_exception_family_and_raw_mode_returns_th
         await dh.workspaces.inspect("no-such-workspace-x")
     err = caught.value
     assert (err.code, err.status, err.retryable, err.host_id) == ("not_found", "failed", False, worker.host_id)
-    assert err.command_id and err.result is not None and err.result.command_id == err.command_id
+    assert err.command_id
+    assert err.result is not None
+    assert err.result.command_id == err.command_id
 
     result = await dh.request("workspace.inspect", {"workspace_id": "no-such-workspace-x"}, command_id="raw-1")
-    assert result.status == "failed" and result.error is not None and result.error.code == "not_found"
+    assert result.status == "failed"
+    assert result.error is not None
+    assert result.error.code == "not_found"
     assert result.command_id == "raw-1"
 
     # A policy refusal by the worker is `rejected` (here: a privileged-style bind outside the roots).
@@ -108,13 +117,15 @@ async def test_failed_results_raise_one_exception_family_and_raw_mode_returns_th
             image="busybox:latest",
             mounts=[{"type": "bind", "source": "/etc", "target": "/x"}],
         )
-    assert refused.value.code == "forbidden" and refused.value.result is not None
+    assert refused.value.code == "forbidden"
+    assert refused.value.result is not None
 
 
 async def test_invalid_payload_is_refused_before_sending(dh: Client) -> None:
     with pytest.raises(CommandRejected) as caught:
         await dh.workspaces.create(workspace_id="Bad Id", image="busybox:latest")
-    assert caught.value.code == "invalid_command" and caught.value.result is None
+    assert caught.value.code == "invalid_command"
+    assert caught.value.result is None
     assert "workspace_id" in str(caught.value)
     with pytest.raises(CommandRejected, match="unknown command type"):
         await dh.call("workspace.teleport", {})

@@ -88,18 +88,8 @@ class Tenant:
         """``user_id`` "" (default): this tenant's own; ``None``: the property left out."""
         client = self.client
         body = client.command(command_type, payload, command_id=command_id)
-        correlation_id = uuid.uuid4().hex
-        client._reply_box(correlation_id)
-        await client.commands.publish(
-            aio_pika.Message(
-                json.dumps(body).encode(),
-                content_type="application/json",
-                correlation_id=correlation_id,
-                reply_to=client.reply_queue.name,
-                message_id=uuid.uuid4().hex,
-                user_id=self.user if user_id == "" else user_id,
-            ),
-            routing_key=f"{client.worker.host_id}.{command_type}",
+        correlation_id = await client.publish(
+            body, f"{client.worker.host_id}.{command_type}", user_id=self.user if user_id == "" else user_id
         )
         return await client.reply(correlation_id, 60)
 
@@ -273,7 +263,7 @@ async def test_rabbitmq_refuses_a_user_id_that_is_not_the_senders(
                 aio_pika.Message(
                     json.dumps(body).encode(),
                     correlation_id=correlation_id,
-                    reply_to=bob.client.reply_queue.name,
+                    reply_to=bob.client.reply_to,
                     user_id=alice.user,
                 ),
                 routing_key=f"{tenant_worker.host_id}.host.info",

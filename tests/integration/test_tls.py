@@ -13,7 +13,7 @@ import subprocess
 import sys
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,18 +88,12 @@ def tls_worker(workers: WorkerFactory, setup: TlsSetup) -> Iterator[WorkerProces
     assert worker.stop() == 0, worker.log()[-3000:]
 
 
-@pytest.fixture
-async def channel(setup: TlsSetup) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
-    connection = await aio_pika.connect(setup.rabbit.ssl_url, ssl_context=client_context(setup), timeout=10)
-    async with connection:
-        yield await connection.channel()
-
-
-async def send(channel: aio_pika.abc.AbstractChannel, worker: WorkerProcess, command_type: str, payload: Any) -> Any:
+async def send(setup: TlsSetup, worker: WorkerProcess, command_type: str, payload: Any) -> Any:
+    """One command over ``amqps://`` with a client certificate, through a dockhand client."""
     body: dict[str, Any] = {"command_id": uuid.uuid4().hex, "type": command_type}
     if payload is not None:
         body["payload"] = payload
-    return await request(channel, worker.prefix, worker.host_id, body)
+    return await request(setup.rabbit.ssl_url, worker.prefix, worker.host_id, body, ssl_context=client_context(setup))
 
 
 def _containers(dockerd: SecondDockerd, name: str) -> tuple[int, int]:
@@ -109,22 +103,20 @@ def _containers(dockerd: SecondDockerd, name: str) -> tuple[int, int]:
     return len(here), len(primary.stdout.split())
 
 
-async def test_worker_over_amqps_and_docker_tls(
-    tls_worker: WorkerProcess, setup: TlsSetup, channel: aio_pika.abc.AbstractChannel, session_id: str
-) -> None:
-    info = await send(channel, tls_worker, "host.info", None)
+async def test_worker_over_amqps_and_docker_tls(tls_worker: WorkerProcess, setup: TlsSetup, session_id: str) -> None:
+    info = await send(setup, tls_worker, "host.info", None)
     assert info["status"] == "succeeded", info
     assert info["result"]["host_id"] == tls_worker.host_id
 
     # A workspace made through both TLS links lands on the TLS daemon (not the machine's own).
     ws = f"t{session_id}-tls-{secrets.token_hex(2)}"
     payload = {"workspace_id": ws, "image": TEST_IMAGE, "labels": {TEST_LABEL: session_id}}
-    created = await send(channel, tls_worker, "workspace.create", payload)
+    created = await send(setup, tls_worker, "workspace.create", payload)
     assert created["status"] == "succeeded", created
     try:
         assert await asyncio.to_thread(_containers, setup.dockerd, ws) == (1, 0)
     finally:
-        removed = await send(channel, tls_worker, "workspace.remove", {"workspace_id": ws, "force": True})
+        removed = await send(setup, tls_worker, "workspace.remove", {"workspace_id": ws, "force": True})
     assert removed["status"] == "succeeded", removed
     assert await asyncio.to_thread(_containers, setup.dockerd, ws) == (0, 0)
     assert "INSECURE" not in tls_worker.log()
