@@ -33,8 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aio_pika.abc
 import aiodocker
 import aiohttp
+
+from dockhand.client import Client
 
 AMQP_URL = os.environ.get("DOCKHAND_TEST_AMQP_URL", "amqp://guest:guest@localhost:5672/")
 IMAGE = os.environ.get("DOCKHAND_TEST_IMAGE", "dockhand-test/busybox:latest")
@@ -208,6 +211,21 @@ async def cleanup(docker: aiodocker.Docker, channel: Any, prefix: str, host_id: 
             await channel.exchange_delete(f"{prefix}.{name}")
 
 
+async def follow(client: Client, rec: Recorder, bound: asyncio.Event) -> None:
+    """Every message of ``<prefix>.events`` into ``rec``, through the client's subscription.
+
+    ``subscribe`` (raw messages), not ``events()``: the arrival is stamped before anything parses
+    the body, as with the callback consumer this replaced. Its iterator hands each message over
+    through a queue, one loop hop, as aio-pika's callback consumer does through a task of its own.
+    """
+
+    async def on_connect() -> None:
+        bound.set()
+
+    async for message in client.subscribe([("events", "#")], on_connect=on_connect):
+        await rec.on_amqp(message)
+
+
 async def main(n: int, rounds: int, concurrency: int, dump: Path | None) -> int:
     tag = secrets.token_hex(3)
     host_id, prefix, session = f"bench-{tag}", f"dhbench-{tag}", f"bench-{tag}"
@@ -223,15 +241,16 @@ async def main(n: int, rounds: int, concurrency: int, dump: Path | None) -> int:
     rec, ok = Recorder(), True
     dumped: list[dict[str, Any]] = []
     docker = aiodocker.Docker()
-    connection = await aio_pika.connect(AMQP_URL)
+    client = Client(AMQP_URL, prefix=prefix, name="dhbench-event-latency")
+    connection = await aio_pika.connect(AMQP_URL)  # for the clean-up of the prefix's queues and exchanges
     channel = await connection.channel()
     worker: asyncio.subprocess.Process | None = None
     watcher = asyncio.create_task(rec.watch_docker(docker, session))
+    bound = asyncio.Event()
+    # Bound before the worker starts (the client declares the exchange if it does not exist yet).
+    follower = asyncio.create_task(follow(client, rec, bound))
     try:
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        exchange = await channel.declare_exchange(f"{prefix}.events", aio_pika.ExchangeType.TOPIC, durable=True)
-        await queue.bind(exchange, routing_key="#")
-        await queue.consume(rec.on_amqp, no_ack=True)
+        await asyncio.wait_for(bound.wait(), 10)
         await asyncio.wait_for(rec.stream_live.wait(), 10)
         with log_path.open("wb") as log:
             worker = await asyncio.create_subprocess_exec(
@@ -262,9 +281,11 @@ async def main(n: int, rounds: int, concurrency: int, dump: Path | None) -> int:
         if dump is not None:
             await asyncio.to_thread(dump.write_text, json.dumps(dumped))
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await watcher
+        for task in (watcher, follower):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await client.close()
         if worker is not None:
             code = await stop(worker)
             print(f"worker exit code {code} ({'ok' if code == 0 else 'FAILED, see ' + str(log_path)})")

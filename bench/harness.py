@@ -3,8 +3,8 @@
 Three "systems" do the same Docker work, each behind the same small interface
 (``inspect(slot)`` and ``lifecycle(key)``):
 
-- ``Dockhand``: commands published to the bench worker's ``<prefix>.commands`` with ``reply_to``,
-  answered on this process's exclusive reply queue (aio-pika, publisher confirms on).
+- ``Dockhand``: the typed calls of ``dockhand.client`` (one connection, one reply queue, confirmed
+  ``mandatory`` publishes) to the bench worker; their client-side cost is bench/client_cost.py's.
 - ``Direct``: aiodocker in this process, the fewest Docker calls that do the job.
 - ``CeleryPeer``: ``task.delay(...).get()`` against the Celery + docker-py worker in bench/peers/,
   from one thread per concurrency slot (the way a synchronous Celery client is used).
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import os
 import secrets
@@ -24,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +31,8 @@ from typing import Any
 
 import aio_pika
 import aiodocker
+
+from dockhand.client import Client, Retry
 
 AMQP_URL = os.environ.get("DOCKHAND_TEST_AMQP_URL", "amqp://guest:guest@localhost:5672/")
 IMAGE = os.environ.get("DOCKHAND_TEST_IMAGE", "dockhand-test/busybox:latest")
@@ -185,7 +185,8 @@ class DockhandWorker:
 
     async def start(self, channel: aio_pika.abc.AbstractChannel, timeout_s: float = 60) -> None:
         """Start it and wait for its startup ``discovery.snapshot`` (its readiness signal at WARNING):
-        by then the topology is declared and the event pipeline is live."""
+        by then the topology is declared and the event pipeline is live. (A one-shot probe queue on a
+        channel of the caller's, bound before the worker exists; not a client: no commands, no replies.)"""
         ready = asyncio.Event()
 
         async def on_event(message: aio_pika.abc.AbstractIncomingMessage) -> None:
@@ -202,7 +203,8 @@ class DockhandWorker:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "worker",
+                # The one import package (a checkout older than it has only the top-level worker/).
+                "dockhand.worker" if (self.source / "dockhand" / "worker").exists() else "worker",
                 cwd=self.source,
                 env=self.env,
                 stdout=out,
@@ -229,60 +231,11 @@ class DockhandWorker:
         return await stop_process(self.proc, "dockhand worker")
 
 
-class CommandFailed(RuntimeError):
-    pass
-
-
-class DockhandClient:
-    """Commands with ``reply_to`` on one channel (publisher confirms), replies on an exclusive queue."""
-
-    def __init__(self, names: Names) -> None:
-        self.names = names
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._seq = 0
-        self.connection: aio_pika.abc.AbstractConnection | None = None
-
-    async def start(self) -> None:
-        self.connection = await aio_pika.connect(AMQP_URL)
-        channel = await self.connection.channel(publisher_confirms=True)
-        self.exchange = await channel.get_exchange(f"{self.names.prefix}.commands", ensure=True)
-        self.reply_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await self.reply_queue.consume(self._on_reply, no_ack=True)
-
-    async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        future = self._pending.pop(message.correlation_id or "", None)
-        if future is not None and not future.done():
-            future.set_result(json.loads(message.body))
-
-    async def call(self, command_type: str, payload: dict[str, Any] | None = None, timeout_s: float = 60) -> Any:
-        """Publish one command and return its ``result``; raise when it did not succeed."""
-        self._seq += 1
-        command_id = f"{self.names.tag}-{self._seq}"
-        correlation_id = uuid.uuid4().hex
-        body: dict[str, Any] = {"command_id": command_id, "type": command_type}
-        if payload is not None:
-            body["payload"] = payload
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[correlation_id] = future
-        message = aio_pika.Message(
-            json.dumps(body).encode(),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            reply_to=self.reply_queue.name,
-            correlation_id=correlation_id,
-        )
-        try:
-            await self.exchange.publish(message, routing_key=f"{self.names.host_id}.{command_type}")
-            result = await asyncio.wait_for(future, timeout_s)
-        finally:
-            self._pending.pop(correlation_id, None)
-        if result.get("status") != "succeeded":
-            raise CommandFailed(f"{command_type} {command_id}: {result.get('status')} {result.get('error')}")
-        return result.get("result")
-
-    async def close(self) -> None:
-        if self.connection is not None:
-            await self.connection.close()
+def dockhand_client(names: Names) -> Client:
+    """The bench's dockhand side: ``dockhand.client`` as a service would use it (typed calls,
+    confirmed ``mandatory`` publishes, one reply queue), with retries off: a bench counts a
+    failed or unanswered command as an error instead of hiding it behind a second attempt."""
+    return Client(AMQP_URL, prefix=names.prefix, host=names.host_id, retry=Retry.off(60), timeout=60, name="dhbench")
 
 
 # --- the Celery + docker-py peer ---------------------------------------------------------------
@@ -395,27 +348,23 @@ def container_config(names: Names, name: str, workspace_id: str) -> dict[str, An
 class Dockhand:
     name = "dockhand"
 
-    def __init__(self, client: DockhandClient, names: Names, targets: list[str]) -> None:
+    def __init__(self, client: Client, names: Names, targets: list[str]) -> None:
         self.client = client
         self.names = names
         self.targets = targets  # workspace ids, one per concurrency slot
 
     async def inspect(self, slot: int) -> None:
-        await self.client.call("workspace.inspect", {"workspace_id": self.targets[slot % len(self.targets)]})
+        await self.client.workspaces.inspect(self.targets[slot % len(self.targets)])
 
     async def lifecycle(self, key: str) -> None:
         ws = self.names.workspace(f"dh-{key}")
-        create = {
-            "workspace_id": ws,
-            "image": IMAGE,
-            "labels": {SESSION_LABEL: self.names.session},
-            "network": self.names.network,
-            "start": False,
-        }
-        await self.client.call("workspace.create", create)
-        await self.client.call("workspace.start", {"workspace_id": ws})
-        await self.client.call("workspace.stop", {"workspace_id": ws, "timeout_s": STOP_TIMEOUT_S})
-        await self.client.call("workspace.remove", {"workspace_id": ws})
+        labels = {SESSION_LABEL: self.names.session}
+        await self.client.workspaces.create(
+            workspace_id=ws, image=IMAGE, labels=labels, network=self.names.network, start=False
+        )
+        await self.client.workspaces.start(ws)
+        await self.client.workspaces.stop(ws, timeout_s=STOP_TIMEOUT_S)
+        await self.client.workspaces.remove(ws)
 
 
 class Direct:

@@ -48,7 +48,6 @@ from harness import (
     CeleryWorker,
     Direct,
     Dockhand,
-    DockhandClient,
     DockhandWorker,
     Names,
     Profiler,
@@ -58,6 +57,7 @@ from harness import (
     closed_loop_async,
     closed_loop_threads,
     delete_topology,
+    dockhand_client,
     log,
     percentile,
     proc_cpu_s,
@@ -65,6 +65,8 @@ from harness import (
     remove_everything,
     summarize_profile,
 )
+
+from dockhand.client import Client, Retry
 
 REPO = Path(__file__).resolve().parents[1]
 P2_LEVELS = (1, 16, 64)
@@ -170,23 +172,22 @@ async def p3_lifecycle(fig: Figures, systems: list[Any], plan: Plan, pids: dict[
             log(f"P3: round {r + 1} {system.name}: {rate.per_s:.1f} workspaces/s ({rate.errors} errors)")
 
 
-async def p4_events(fig: Figures, docker: aiodocker.Docker, names: Names, channel: Any, n: int) -> None:
-    """bench/event_latency.py's round (its Recorder and run_round), against this run's worker."""
+async def p4_events(fig: Figures, docker: aiodocker.Docker, names: Names, client: Client, n: int) -> None:
+    """bench/event_latency.py's round (its Recorder, subscription and run_round), against this run's worker."""
     log(f"P4: event latency, {n} labelled containers one at a time (bench/event_latency.py)")
     rec = event_latency.Recorder()
     watcher = asyncio.create_task(rec.watch_docker(docker, names.session))
-    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-    await queue.bind(await channel.get_exchange(f"{names.prefix}.events", ensure=True), routing_key="#")
-    tag = await queue.consume(rec.on_amqp, no_ack=True)
+    bound = asyncio.Event()
+    follower = asyncio.create_task(event_latency.follow(client, rec, bound))
     try:
+        await asyncio.wait_for(bound.wait(), 10)
         await asyncio.wait_for(rec.stream_live.wait(), 10)
         ids = await event_latency.run_round(docker, rec, names.session, n, 1)
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await watcher
-        await queue.cancel(tag)
-        await queue.delete(if_unused=False, if_empty=False)
+        for task in (watcher, follower):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
     fig.p4_expected = len(ids)
     for kind, action in (("container.start", "start"), ("discovery.added", "start"), ("discovery.removed", "die")):
         deltas, dups = [], 0
@@ -199,9 +200,7 @@ async def p4_events(fig: Figures, docker: aiodocker.Docker, names: Names, channe
         fig.p4_dups[kind] = dups
 
 
-async def p6_memory(
-    fig: Figures, docker: aiodocker.Docker, names: Names, client: DockhandClient, pid: int, n: int
-) -> None:
+async def p6_memory(fig: Figures, docker: aiodocker.Docker, names: Names, client: Client, pid: int, n: int) -> None:
     """N created-not-started containers with this host's managed labels (through aiodocker, for
     speed), then workspace.list and discovery.list through the worker; RSS sampled throughout."""
     log(f"P6: {n} managed containers (created, not started), then workspace.list and discovery.list")
@@ -244,11 +243,11 @@ async def p6_memory(
         log(f"P6: created {len(created)} in {time.perf_counter() - start:.1f} s")
         await asyncio.sleep(1)  # the worker's event pipeline takes in the create events
         start = time.perf_counter()
-        listed = await client.call("workspace.list", {}, timeout_s=300)
+        listed = await client.workspaces.list(timeout=300, retry=Retry.off(300))
         fig.mem["list_ms"] = (time.perf_counter() - start) * 1000
-        fig.mem["listed"] = len(listed["workspaces"])
+        fig.mem["listed"] = len(listed.workspaces)
         start = time.perf_counter()
-        await client.call("discovery.list", None, timeout_s=300)
+        await client.discovery.list(timeout=300, retry=Retry.off(300))
         fig.mem["discovery_ms"] = (time.perf_counter() - start) * 1000
         fig.mem["with_managed"] = await settled_rss(pid, 1.0)
         start = time.perf_counter()
@@ -282,7 +281,7 @@ async def run(args: argparse.Namespace, names: Names, plan: Plan, fig: Figures) 
     extra_env = dict(item.split("=", 1) for item in args.worker_env)
     worker = DockhandWorker(names, args.worker_concurrency, args.worker_dir, extra_env)
     celery = None if args.no_celery else CeleryWorker(names, args.worker_concurrency)
-    client = DockhandClient(names)
+    client = dockhand_client(names)
     connection = await aio_pika.connect(AMQP_URL)
     systems: list[Any] = []
     ok = True
@@ -295,14 +294,14 @@ async def run(args: argparse.Namespace, names: Names, plan: Plan, fig: Figures) 
             await worker.start(channel)
             log(f"dockhand worker pid {worker.pid} ready (log {worker.log_path})")
             fig.mem["idle"] = await settled_rss(worker.pid)
-            await client.start()
+            await client.open()
             # The network every workspace joins, made through dockhand so it has the session label.
-            await client.call("network.ensure", {"name": names.network, "labels": {SESSION_LABEL: names.session}})
+            await client.networks.ensure(names.network, labels={SESSION_LABEL: names.session})
 
             # P1/P2 targets: one running workspace per concurrency slot.
             async def make(ws: str) -> None:
-                spec = {"workspace_id": ws, "image": IMAGE, "network": names.network}
-                await client.call("workspace.create", {**spec, "labels": {SESSION_LABEL: names.session}})
+                labels = {SESSION_LABEL: names.session}
+                await client.workspaces.create(workspace_id=ws, image=IMAGE, network=names.network, labels=labels)
 
             made = await batch_async(make, targets, 8)
             if made.errors:
@@ -334,7 +333,7 @@ async def run(args: argparse.Namespace, names: Names, plan: Plan, fig: Figures) 
         if "P3" in args.phases:
             await p3_lifecycle(fig, systems, plan, pids, profiler)
         if "P4" in args.phases:
-            await p4_events(fig, docker, names, channel, plan.p4_containers)
+            await p4_events(fig, docker, names, client, plan.p4_containers)
         fig.mem["idle_after_load"] = await settled_rss(worker.pid)
         if celery is not None:
             fig.mem["celery_after_load"] = await settled_rss(celery.pid, 1.0)

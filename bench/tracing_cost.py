@@ -6,13 +6,16 @@ through one with it off, side by side in one run, requests alternating between t
 "On" is a full SDK pipeline: every span recorded and exported by a batch processor (the
 console exporter, written to /dev/null, stands in for an OTLP collector). "Off" is
 OTEL_SDK_DISABLED=true. Prints p50/p90/p99 per side and the on/off ratio; a script, not a test.
+
+The calls go through ``dockhand.client`` (typed calls, retries off: one attempt is one round trip).
+Its own work per call is the same on both sides, so it cancels out of the ratio; the absolute
+figures include it (bench/client_cost.py measures it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import secrets
 import signal
@@ -21,10 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aio_pika
+
+from dockhand.client import Client, NoRoute, ReplyTimeout, Retry
 
 AMQP_URL = os.environ.get("DOCKHAND_TEST_AMQP_URL", "amqp://guest:guest@localhost:5672/")
 IMAGE = os.environ.get("DOCKHAND_TEST_IMAGE", "dockhand-test/busybox:latest")
@@ -55,33 +60,24 @@ def start_worker(name: str, prefix: str, tag: str, state: Path, tracing: bool) -
     )
 
 
-class Caller:
-    def __init__(self, channel: aio_pika.abc.AbstractChannel, exchange: aio_pika.abc.AbstractExchange) -> None:
-        self.channel = channel
-        self.exchange = exchange
-        self.waiting: dict[str, asyncio.Future[dict[str, object]]] = {}
+async def timed(call: Awaitable[object]) -> float:
+    """Milliseconds one call took, from the caller's side (the client's own work included)."""
+    began = time.perf_counter()
+    await call
+    return (time.perf_counter() - began) * 1000
 
-    async def setup(self) -> None:
-        self.queue = await self.channel.declare_queue(exclusive=True)
-        await self.queue.consume(self._on_reply, no_ack=True)
 
-    async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        future = self.waiting.pop(message.correlation_id or "", None)
-        if future is not None:
-            future.set_result(json.loads(message.body))
-
-    async def call(self, host: str, command_type: str, payload: dict[str, object]) -> tuple[float, dict[str, object]]:
-        command_id = uuid.uuid4().hex
-        future: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
-        self.waiting[command_id] = future
-        began = time.perf_counter()
-        body = {"command_id": command_id, "type": command_type, "payload": payload}
-        await self.exchange.publish(
-            aio_pika.Message(json.dumps(body).encode(), reply_to=self.queue.name, correlation_id=command_id),
-            routing_key=f"{host}.{command_type}",
-        )
-        result = await asyncio.wait_for(future, 60)
-        return (time.perf_counter() - began) * 1000, result
+async def until_ready(dh: Client, host: str, within_s: float = 60) -> None:
+    """Until ``host`` answers: before its worker has bound its queue the publish comes back at once."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            await dh.host.info(host=host, timeout=1, retry=Retry.off(1))
+            return
+        except (NoRoute, ReplyTimeout):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -97,35 +93,25 @@ async def main(requests: int) -> None:
             "off": start_worker("off", prefix, tag, Path(tmp), tracing=False),
             "on": start_worker("on", prefix, tag, Path(tmp), tracing=True),
         }
-        connection = await aio_pika.connect(AMQP_URL)
+        connection = await aio_pika.connect(AMQP_URL)  # the exchange before the workers, the clean-up after
+        dh = Client(AMQP_URL, prefix=prefix, retry=Retry.off(60), timeout=60, name="dhbench-tracing-cost")
         try:
             channel = await connection.channel()
-            exchange = await channel.declare_exchange(f"{prefix}.commands", aio_pika.ExchangeType.TOPIC, durable=True)
-            caller = Caller(channel, exchange)
-            await caller.setup()
+            await channel.declare_exchange(f"{prefix}.commands", aio_pika.ExchangeType.TOPIC, durable=True)
             hosts = {side: f"{tag}-{side}" for side in workers}
             for side, host in hosts.items():  # wait until each answers, then give it a workspace
-                for _ in range(100):
-                    try:
-                        await asyncio.wait_for(caller.call(host, "host.info", {}), 1)
-                        break
-                    except TimeoutError:
-                        continue
-                _, created = await caller.call(
-                    host,
-                    "workspace.create",
-                    {"workspace_id": f"{tag}-{side}", "image": IMAGE, "labels": {"dockhand-test.session": tag}},
+                await until_ready(dh, host)
+                await dh.workspaces.create(
+                    workspace_id=f"{tag}-{side}", image=IMAGE, labels={"dockhand-test.session": tag}, host=host
                 )
-                assert created["status"] == "succeeded", created
             times: dict[str, list[float]] = {"off": [], "on": []}
             for _ in range(20):  # warm-up
                 for side, host in hosts.items():
-                    await caller.call(host, "workspace.inspect", {"workspace_id": f"{tag}-{side}"})
+                    await dh.workspaces.inspect(f"{tag}-{side}", host=host)
             for i in range(requests):
                 order = ("off", "on") if i % 2 == 0 else ("on", "off")
                 for side in order:
-                    took, _ = await caller.call(hosts[side], "workspace.inspect", {"workspace_id": f"{tag}-{side}"})
-                    times[side].append(took)
+                    times[side].append(await timed(dh.workspaces.inspect(f"{tag}-{side}", host=hosts[side])))
             print(f"\ntracing cost: workspace.inspect round trip, {requests} requests per side, alternating")
             print(f"{'side':<6}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
             for side in ("off", "on"):
@@ -134,9 +120,10 @@ async def main(requests: int) -> None:
             for p in (50, 99):
                 print(f"ratio on/off p{p}: {pct(times['on'], p) / pct(times['off'], p):.2f}")
             for side, host in hosts.items():
-                await caller.call(host, "workspace.remove", {"workspace_id": f"{tag}-{side}", "force": True})
-            await caller.call(hosts["off"], "network.remove", {"name": f"{prefix}-net"})
+                await dh.workspaces.remove(f"{tag}-{side}", force=True, host=host)
+            await dh.networks.remove(f"{prefix}-net", host=hosts["off"])
         finally:
+            await dh.close()
             for proc in workers.values():
                 proc.send_signal(signal.SIGTERM)
             for proc in workers.values():
