@@ -12,6 +12,13 @@ oldest (created first, then the smaller id) holds it; every other claimant is ``
 a reason naming the holder, and is announced when it becomes the oldest remaining claim. The
 rule depends on nothing but the current containers, so the event path, a full reconcile,
 ``discovery.list`` and every worker of the host agree on the holder.
+
+An event older than the last full list (Docker's ``timeNano`` against the time the list was
+asked for) cannot tell anything that list did not: after a daemon restart, Docker replays the
+die/stop/start of its own restore *after* the worker's resync list, and applying them would
+announce a running service as removed and then added again. Such an event is answered from the
+container's current state instead, with one inspect per container and list, so it publishes
+only what really differs from the snapshot (usually nothing).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,6 +44,8 @@ _DOMAIN = re.compile(r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0
 _LIST_HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
 
 _LIST_KEYS = ("Id", "Names", "Labels", "State", "Status", "Ports", "NetworkSettings", "Created")
+# The container actions discovery acts on (health_status too); the others change no service.
+_DISCOVERY_ACTIONS = frozenset({"start", "die", "stop", "destroy", "rename"})
 # A container known only from its event (already gone when inspected): it never outranks one
 # whose creation time is known.
 _UNKNOWN_CREATED = 2**62
@@ -168,6 +178,9 @@ class Discovery:
         self._claimants: dict[str, set[str]] = {}  # domain key -> ids of its claims (an index of claims)
         self._holders: dict[str, str] = {}  # domain key -> id of the container announcing it
         self._publish = publish
+        # Unix ns just before the last successful full list; events older than it are stale.
+        self.listed_at_ns: int | None = None
+        self._redecided: set[str] = set()  # containers already re-read since that list
 
     # --- rules ------------------------------------------------------------------------------
 
@@ -179,6 +192,14 @@ class Discovery:
 
     # --- incremental ------------------------------------------------------------------------
 
+    def predates_list(self, time_nano: int | None) -> bool:
+        """Whether an event (Docker's ``timeNano``) happened before the last full list was asked
+        for, so that list already reflects it. The daemon's clock is the worker's (same host); a
+        skew only moves which events are answered from current state, never the outcome."""
+        if not time_nano or self.listed_at_ns is None:
+            return False
+        return time_nano < self.listed_at_ns
+
     def wants_inspect(self, action: str, attributes: dict[str, str]) -> bool:
         """Whether handling this event will start with an inspect (so it can be started early)."""
         return action == "start" and is_enabled(attributes, self.names)
@@ -189,10 +210,16 @@ class Discovery:
         container_id: str,
         attributes: dict[str, str],
         inspected: Awaitable[dict[str, Any] | None] | None = None,
+        *,
+        time_nano: int | None = None,
     ) -> None:
         if not is_enabled(attributes, self.names) and container_id not in self.services:
             return  # not a discovery container: no inspect, no work
-        if action == "start":
+        if action not in _DISCOVERY_ACTIONS and not action.startswith("health_status"):
+            return
+        if self.predates_list(time_nano):
+            await self._redecide(container_id, inspected)
+        elif action == "start":
             await self._appear(container_id, attributes, inspected)
         elif action in {"die", "stop", "destroy"}:
             await self._disappear(container_id)
@@ -207,14 +234,30 @@ class Discovery:
         elif action == "rename":
             await self._refresh(container_id)
 
-    async def on_network_event(self, action: str, container_id: str | None) -> None:
+    async def on_network_event(self, action: str, container_id: str | None, *, time_nano: int | None = None) -> None:
         # An invalid one too: connecting it to its `network` label's network makes it valid.
         if (
             action in {"connect", "disconnect"}
             and container_id
             and (container_id in self.services or container_id in self.invalid)
         ):
-            await self._refresh(container_id)
+            if self.predates_list(time_nano):
+                await self._redecide(container_id)
+            else:
+                await self._refresh(container_id)
+
+    async def _redecide(self, container_id: str, inspected: Awaitable[dict[str, Any] | None] | None = None) -> None:
+        """A stale event: publish what differs between the container's current state and what
+        discovery holds (one inspect per container since the last list; later stale events of
+        the same container are older than that inspect and add nothing)."""
+        if container_id in self._redecided:
+            return
+        self._redecided.add(container_id)
+        info = await (inspected or self.inspect(container_id))
+        if info is None or not info["State"].get("Running") or self._waiting_for_health(info):
+            await self._disappear(container_id)  # publishes only if it is still announced
+        else:
+            await self._settle(container_id, info)
 
     async def inspect(self, container_id: str) -> dict[str, Any] | None:
         container = self.ops.docker.containers.container(container_id)
@@ -336,7 +379,10 @@ class Discovery:
 
     async def reconcile(self, reason: Literal["startup", "resync", "periodic"]) -> list[Service]:
         """List every running discovery container, publish the differences, then a snapshot."""
+        asked_at = time.time_ns()  # before the list: whatever happened earlier is in it
         entries = await list_enabled(self.ops)
+        self.listed_at_ns = asked_at
+        self._redecided.clear()
         seen: set[str] = set()
         touched: set[str] = set()
         # Every claim first, then one decision per domain: no transient holder in between.

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -148,7 +149,12 @@ class DockerOps:
         self._bind_lock = asyncio.Lock()
         self._docker_root_dir: str | None = None
         self._host_cpus: int | None = None
-        self.available = True  # set by the health monitor's probe
+        # Whether Docker answers: the health probe, the event stream and every call keep it
+        # current (see mark_available / mark_unavailable); while off, calls fail fast.
+        self.available = True
+        self._answered_at = 0.0  # monotonic time of the latest proof that Docker answers
+        self._availability_listeners: list[Callable[[bool], None]] = []
+        self._recheck: asyncio.Future[bool] | None = None
 
     # --- the one call path ---------------------------------------------------------------
 
@@ -164,9 +170,10 @@ class DockerOps:
         """Run one Docker API call: retry transient failures, map the rest to a contract code.
 
         ``operation`` is a low-cardinality name (``container.create``) for logs and spans.
-        While the health monitor sees the daemon down, calls fail fast (``docker_unavailable``).
+        While the daemon is marked down, calls fail fast (``docker_unavailable``) unless one shared
+        quick check (:meth:`recheck`) finds it answering again: then the call goes ahead.
         """
-        if not self.available:
+        if not self.available and not await self.recheck():
             raise DockhandError(
                 ErrorCode.DOCKER_UNAVAILABLE, f"{subject}: Docker daemon unreachable on {self.host_id}", retryable=True
             )
@@ -178,7 +185,9 @@ class DockerOps:
                 # stamina's testing mode the tests decide the attempts: all go through it.)
                 if not stamina.is_testing():
                     try:
-                        return await fn()
+                        result = await fn()
+                        self.mark_available()
+                        return result
                     except Exception as first:
                         if not is_transient(first) or attempts < 2:
                             raise
@@ -187,10 +196,62 @@ class DockerOps:
                     on=is_transient, attempts=attempts, timeout=self.settings.docker_retry_timeout_s
                 ):
                     with attempt:
-                        return await fn()
+                        result = await fn()
+                        self.mark_available()
+                        return result
         except Exception as exc:
+            if isinstance(exc, DockerError) and 400 <= exc.status < 500:
+                self.mark_available()  # the daemon answered (a 404, a 409): it is up (900: no connection)
             raise from_exception(exc, subject=subject, not_found=not_found, pulling=pulling) from exc
         raise AssertionError("unreachable: stamina yields at least one attempt")  # pragma: no cover
+
+    # --- availability ----------------------------------------------------------------------
+
+    def on_availability(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(available)`` whenever availability flips (health wakes, the event
+        reader skips its backoff)."""
+        self._availability_listeners.append(listener)
+
+    def mark_available(self) -> None:
+        """Docker just answered: available at once, whatever the last probe said."""
+        self._answered_at = time.monotonic()
+        if not self.available:
+            log.info("docker available again")
+            self._set_available(True)
+
+    def mark_unavailable(self, began: float) -> bool:
+        """A request begun at ``began`` (monotonic) found Docker unreachable. Ignored (``False``)
+        when Docker answered after that request began: a stale failure must not override a
+        fresher success (a probe sent just before the daemon came back, failing just after)."""
+        if self._answered_at >= began:
+            return False
+        if self.available:
+            self._set_available(False)
+        return True
+
+    def _set_available(self, value: bool) -> None:
+        self.available = value
+        for listener in self._availability_listeners:
+            listener(value)
+
+    async def recheck(self) -> bool:
+        """Whether Docker answers now (``/version``, at most 1 s), asked once for all callers that
+        wait at the same time; marks availability either way."""
+        if self._recheck is None or self._recheck.done():
+            self._recheck = asyncio.ensure_future(self._ping())
+        # shield: one caller giving up (cancelled) does not cancel the others' check.
+        return await asyncio.shield(self._recheck)
+
+    async def _ping(self) -> bool:
+        began = time.monotonic()
+        try:
+            async with asyncio.timeout(1.0):
+                await self.docker.version()
+        except Exception:
+            self.mark_unavailable(began)
+            return False
+        self.mark_available()
+        return True
 
     async def maybe(self, operation: str, fn: Callable[[], Awaitable[T]], *, subject: str) -> T | None:
         """Like :meth:`call`, but a 404 means "absent" and returns ``None``."""

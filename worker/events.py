@@ -7,11 +7,16 @@ the queue tells the processor to reconcile once the subscription is live), resum
 reconnect, queue overflow and period ends in a full reconcile and a discovery snapshot — the
 worker cannot prove that no event was missed across a gap, and the daemon's 256-event buffer
 does not survive a daemon restart.
+
+An event older than the list of the last reconcile (Docker replays its buffer after a reconnect,
+including the die/start of its own restore) is still published, marked ``replayed: true``, but
+its consequence for discovery is decided from the container's current state, not from the event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -19,7 +24,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -63,6 +68,15 @@ class StreamState:
     published: int = 0
     reconnects: int = 0
     dropped: int = 0
+    # Called when ``connected`` flips (health publishes a heartbeat on a status change at once).
+    listeners: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def set_connected(self, connected: bool) -> None:
+        changed = connected != self.connected
+        self.connected = connected
+        if changed:
+            for listener in self.listeners:
+                listener()
 
 
 def _since(time_nano: int) -> str:
@@ -93,6 +107,9 @@ class EventStream:
         self._ever_connected = False
         self._just_connected = False
         self.ready = asyncio.Event()
+        # Set when Docker is seen answering again: a reader backing off reconnects at once.
+        self._wake = asyncio.Event()
+        ops.on_availability(lambda available: self._wake.set() if available else None)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -107,7 +124,7 @@ class EventStream:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        self.state.connected = False
+        self.state.set_connected(False)
         # A later start (re-elected leader) begins with a reconcile, not with stale events.
         while not self.queue.empty():
             self.queue.get_nowait()
@@ -118,6 +135,7 @@ class EventStream:
         failures = 0
         while True:
             self._just_connected = False
+            self._wake.clear()
             try:
                 await self._read_once()
             except asyncio.CancelledError:
@@ -125,11 +143,15 @@ class EventStream:
             except Exception as exc:
                 if self._just_connected or failures == 0:
                     log.warning("docker event stream lost: %s: %s; reconnecting", type(exc).__name__, exc)
-            self.state.connected = False
-            # Back off only while connecting fails; a stream that was up retries at once.
+            self.state.set_connected(False)
+            # Back off only while connecting fails; a stream that was up retries at once, and so
+            # does one whose daemon was just seen answering again (a probe, any call).
             failures = 0 if self._just_connected else failures + 1
             delay = min(0.05 * 2**failures, self.settings.event_reconnect_max_s)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
+            # asyncio.timeout, not wait_for, which on 3.11 can swallow stop()'s cancel.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay * random.uniform(0.5, 1.0)):  # noqa: S311 - jitter, not crypto
+                    await self._wake.wait()
 
     async def _read_once(self) -> None:
         params: dict[str, Any] = {"filters": json.dumps({"type": ["container", "network"]})}
@@ -140,24 +162,33 @@ class EventStream:
         # reading the stream here keeps the bound, the reconnect and the timing in one place.
         timeout = aiohttp.ClientTimeout(total=None, sock_read=None, connect=10)
         async with docker._query("events", method="GET", params=params, timeout=timeout) as response:
-            self.state.connected = True
-            self._just_connected = True
-            self.ops.available = True  # a live stream is proof enough; don't wait for the next probe
-            if self._ever_connected:
-                self.state.reconnects += 1
-                log.info("docker event stream reconnected (since %s)", params.get("since", "now"))
-            self._enqueue(Reconcile("resync" if self._ever_connected else "startup"))
-            self._ever_connected = True
-            async for line in response.content:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                key = _event_key(event)
-                if key in self._recent_set:
-                    continue  # the boundary event of a resumed stream
-                self._remember(key)
-                self._last_time_nano = int(event.get("timeNano") or self._last_time_nano or 0)
-                self._enqueue((event, time.time()))
+            # aiodocker's _query never releases the response: close it here, or the dead
+            # stream's connection lingers until the garbage collector complains.
+            try:
+                self._just_connected = True
+                self.ops.mark_available()  # a live stream is proof enough; don't wait for the next probe
+                self.state.set_connected(True)
+                if self._ever_connected:
+                    self.state.reconnects += 1
+                    log.info(
+                        "docker event stream reconnected (since %s)",
+                        params.get("since", "now"),
+                        extra={"connected_at": time.time()},
+                    )
+                self._enqueue(Reconcile("resync" if self._ever_connected else "startup"))
+                self._ever_connected = True
+                async for line in response.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    key = _event_key(event)
+                    if key in self._recent_set:
+                        continue  # the boundary event of a resumed stream
+                    self._remember(key)
+                    self._last_time_nano = int(event.get("timeNano") or self._last_time_nano or 0)
+                    self._enqueue((event, time.time()))
+            finally:
+                response.close()
         raise ConnectionError("stream ended")
 
     def _remember(self, key: tuple[Any, ...]) -> None:
@@ -190,7 +221,8 @@ class EventStream:
         next_periodic = time.monotonic() + interval
         while True:
             try:
-                item = await asyncio.wait_for(self.queue.get(), max(0.0, next_periodic - time.monotonic()))
+                async with asyncio.timeout(max(0.0, next_periodic - time.monotonic())):
+                    item = await self.queue.get()
             except TimeoutError:
                 item = Reconcile("periodic")
             try:
@@ -247,6 +279,8 @@ class EventStream:
         when = datetime.fromtimestamp(time_nano / 1e9, UTC)
         self.state.last_event_at = when
         self.state.lag_ms = round((received - time_nano / 1e9) * 1000, 3)
+        # Older than the last reconcile's list: that list (and its snapshot) already shows it.
+        replayed = self.discovery.predates_list(time_nano)
         if kind == "container":
             container_id = actor.get("ID") or event.get("id") or ""
             # The inspect a new service needs runs while the event is being published (latency),
@@ -256,18 +290,26 @@ class EventStream:
                 inspected = asyncio.ensure_future(self.discovery.inspect(container_id))
             try:
                 if action in PUBLISHED_CONTAINER_ACTIONS or action in HEALTH_ACTIONS:
-                    await self._publish_container(event, action, container_id, attributes, when)
-                await self.discovery.on_container_event(action, container_id, attributes, inspected)
+                    await self._publish_container(event, action, container_id, attributes, when, replayed)
+                await self.discovery.on_container_event(
+                    action, container_id, attributes, inspected, time_nano=time_nano
+                )
             finally:
                 if inspected is not None and not inspected.done():
                     inspected.cancel()
         elif kind == "network" and action in NETWORK_ACTIONS:
             container_id = attributes.get("container")
-            await self._publish_network(event, action, attributes, when)
-            await self.discovery.on_network_event(action, container_id)
+            await self._publish_network(event, action, attributes, when, replayed)
+            await self.discovery.on_network_event(action, container_id, time_nano=time_nano)
 
     async def _publish_container(
-        self, event: dict[str, Any], action: str, container_id: str, attributes: dict[str, str], when: datetime
+        self,
+        event: dict[str, Any],
+        action: str,
+        container_id: str,
+        attributes: dict[str, str],
+        when: datetime,
+        replayed: bool = False,
     ) -> None:
         labels = {k: v for k, v in attributes.items() if k not in _NOT_LABELS}
         names = self.ops.labels
@@ -284,6 +326,8 @@ class EventStream:
             extra["exit_code"] = int(attributes["exitCode"])
         if "signal" in attributes:
             extra["signal"] = attributes["signal"]
+        if replayed:
+            extra["replayed"] = True
         message = ContainerEvent(
             event_id=str(uuid.uuid5(_EVENT_ID_NAMESPACE, repr(_event_key(event)))),
             host_id=self.ops.host_id,
@@ -302,7 +346,7 @@ class EventStream:
         self.state.published += 1
 
     async def _publish_network(
-        self, event: dict[str, Any], action: str, attributes: dict[str, str], when: datetime
+        self, event: dict[str, Any], action: str, attributes: dict[str, str], when: datetime, replayed: bool = False
     ) -> None:
         actor = event.get("Actor") or {}
         container_id = attributes.get("container")
@@ -314,6 +358,7 @@ class EventStream:
             network=NetworkRef(id=actor.get("ID") or "", name=attributes.get("name"), type=attributes.get("type")),
             container_id=container_id,
             workspace_id=self._workspaces.get(container_id or ""),
+            attributes={"replayed": True} if replayed else {},
         )
         await self._publish(f"{self.ops.host_id}.network.{action}", message)
         self.state.published += 1

@@ -3,11 +3,15 @@
 Docker is probed every second (``/version``: reachability, latency, version in one call), so a
 status change is published within about a second and commands fail fast with
 ``docker_unavailable`` while the daemon is down instead of each waiting out its retries.
+Recovery does not wait for the probe: the event stream reconnecting, or any call that Docker
+answers, marks Docker available at once and wakes the monitor, which publishes the new status
+right away.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -50,6 +54,10 @@ class HealthMonitor:
         self._started = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self.is_leader: Callable[[], bool] = lambda: True
+        # Set when Docker's availability or the stream's connection flips: probe and publish now.
+        self._wake = asyncio.Event()
+        ops.on_availability(lambda _available: self._wake.set())
+        stream.listeners.append(self._wake.set)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -61,18 +69,22 @@ class HealthMonitor:
 
     async def probe(self) -> DockerHealth:
         """One Docker probe; also switches fail-fast on or off for commands."""
-        began = time.perf_counter()
-        try:
-            async with asyncio.timeout(min(2.0, self.settings.health_interval_s)):
-                version = await self.ops.docker.version()
-        except Exception as exc:
-            if self.docker.reachable:
-                log.warning("docker unreachable: %s: %s", type(exc).__name__, exc)
-            self.ops.available = False
+        for _ in range(2):
+            began = time.perf_counter()
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(min(2.0, self.settings.health_interval_s)):
+                    version = await self.ops.docker.version()
+            except Exception as exc:
+                if not self.ops.mark_unavailable(started):
+                    continue  # Docker answered something else meanwhile: this failure is stale, ask again
+                if self.docker.reachable:
+                    log.warning("docker unreachable: %s: %s", type(exc).__name__, exc)
+                return DockerHealth(reachable=False)
+            break
+        else:
             return DockerHealth(reachable=False)
-        if not self.docker.reachable:
-            log.info("docker reachable again")
-        self.ops.available = True
+        self.ops.mark_available()
         return DockerHealth(
             reachable=True,
             version=str(version.get("Version", "")),
@@ -118,7 +130,13 @@ class HealthMonitor:
                 raise
             except Exception:
                 log.exception("heartbeat failed")
-            await asyncio.sleep(tick)
+            # A flip of availability or of the stream wakes the loop early (cleared only here,
+            # so one that happens while probing or publishing is not lost). Not wait_for: on 3.11
+            # it swallows a cancel that arrives when the wake is already set (stop() would hang).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(tick):
+                    await self._wake.wait()
+            self._wake.clear()
 
     def heartbeat(self) -> Heartbeat:
         by_status = self.counters.by_status

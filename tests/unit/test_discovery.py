@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -945,3 +946,131 @@ def test_one_holder_per_domain_whatever_the_order(ops: list[tuple[str, int]]) ->
             assert await fresh.reconcile("startup") == discovery.current()
 
     asyncio.run(run())
+
+
+# --- events older than the last list (issue 18: a daemon's replay after its restart) ----------
+
+
+def _before(discovery: Discovery, ns: int = 1_000_000) -> int:
+    """A Docker ``timeNano`` from before the discovery's last list."""
+    assert discovery.listed_at_ns is not None
+    return discovery.listed_at_ns - ns
+
+
+def _after(discovery: Discovery) -> int:
+    assert discovery.listed_at_ns is not None
+    return discovery.listed_at_ns + 1_000_000
+
+
+async def test_a_replayed_die_of_a_container_running_now_publishes_nothing() -> None:
+    # What dockerd replays after a restart, all older than the resync list that shows the
+    # container (restart: always) running again: kill, die, stop, network connect, start.
+    box = web()
+    docker, discovery, rec = setup(box)
+    await discovery.reconcile("resync")
+    assert [s.container_id for s in discovery.current()] == [box.id]
+    rec.clear()
+    docker.show_calls.clear()
+    t = _before(discovery, 50_000_000)
+    for offset, action in enumerate(["kill", "die", "stop"]):
+        await discovery.on_container_event(action, box.id, box.attributes(exitCode="0"), time_nano=t + offset)
+    await discovery.on_network_event("connect", box.id, time_nano=t + 3)
+    await discovery.on_container_event("start", box.id, box.attributes(), time_nano=t + 4)
+    assert rec.keys == []
+    assert [s.container_id for s in discovery.current()] == [box.id]
+    assert docker.show_calls == [box.id]  # decided from its current state: one inspect per list
+
+
+async def test_the_same_die_newer_than_the_list_still_removes() -> None:
+    box = web()
+    docker, discovery, rec = setup(box)
+    await discovery.reconcile("resync")
+    rec.clear()
+    docker.put(replace(box, state="exited"))
+    await discovery.on_container_event("die", box.id, box.attributes(exitCode="0"), time_nano=_after(discovery))
+    assert rec.keys == [f"{HOST}.discovery.removed"]
+    assert discovery.current() == []
+
+
+async def test_without_a_list_yet_events_apply_as_they_come() -> None:
+    box = web()
+    _docker, discovery, rec = setup(box)
+    assert discovery.predates_list(1) is False
+    await discovery.on_container_event("start", box.id, box.attributes(), time_nano=1)
+    assert rec.keys == [f"{HOST}.discovery.added"]
+
+
+async def test_a_replayed_event_of_a_container_gone_since_is_removed_once() -> None:
+    # The list showed it running; it died after the list (a live die is on its way) and a stale
+    # event of it comes first: removed now, from its current state, and the live die adds nothing.
+    box = web()
+    docker, discovery, rec = setup(box)
+    await discovery.reconcile("resync")
+    rec.clear()
+    docker.put(replace(box, state="exited"))
+    await discovery.on_container_event("start", box.id, box.attributes(), time_nano=_before(discovery))
+    assert rec.keys == [f"{HOST}.discovery.removed"]
+    await discovery.on_container_event("die", box.id, box.attributes(exitCode="0"), time_nano=_after(discovery))
+    assert rec.keys == [f"{HOST}.discovery.removed"]
+
+
+async def test_a_replayed_event_announces_only_what_differs_from_the_list() -> None:
+    # Its addresses changed after the list (the connect event proper is still to come): the
+    # stale event publishes the current state once, as an update, never removed + added.
+    box = web()
+    docker, discovery, rec = setup(box)
+    await discovery.reconcile("resync")
+    rec.clear()
+    docker.put(replace(box, networks={"bridge": "172.17.0.9"}))
+    await discovery.on_container_event("die", box.id, box.attributes(exitCode="0"), time_nano=_before(discovery))
+    assert rec.keys == [f"{HOST}.discovery.updated"]
+    assert rec.events()[0].service is not None
+    assert rec.events()[0].service.networks == {"bridge": "172.17.0.9"}
+
+
+async def test_a_replayed_start_of_a_container_that_is_not_running_announces_nothing() -> None:
+    # A `restart: no` container that did not come back: the list left it out (removed once); the
+    # replayed start of its earlier life must not bring it back, not even from the event's labels.
+    box = web(state="exited")
+    docker, discovery, rec = setup(box)
+    await discovery.reconcile("resync")
+    rec.clear()
+    await discovery.on_container_event("start", box.id, box.attributes(), time_nano=_before(discovery))
+    docker.boxes.pop(box.id)
+    other = replace(box, id="d1" + "0" * 62)
+    await discovery.on_container_event("start", other.id, other.attributes(), time_nano=_before(discovery))
+    assert rec.keys == []
+    assert discovery.current() == []
+
+
+async def test_each_list_allows_one_more_inspect_per_container() -> None:
+    box = web()
+    docker, discovery, _rec = setup(box)
+    await discovery.reconcile("resync")
+    docker.show_calls.clear()
+    await discovery.on_container_event("die", box.id, box.attributes(), time_nano=_before(discovery))
+    await discovery.on_container_event("die", box.id, box.attributes(), time_nano=_before(discovery))
+    await discovery.reconcile("periodic")
+    await discovery.on_container_event("die", box.id, box.attributes(), time_nano=_before(discovery))
+    assert docker.show_calls == [box.id, box.id]
+
+
+async def test_replayed_events_of_non_discovery_containers_cost_nothing() -> None:
+    box = web(labels={"com.example.tier": "db"})
+    docker, discovery, rec = setup(box)
+    await discovery.reconcile("resync")
+    await discovery.on_container_event("die", box.id, box.attributes(), time_nano=_before(discovery))
+    await discovery.on_network_event("connect", box.id, time_nano=_before(discovery))
+    assert docker.show_calls == []
+    assert rec.keys == [f"{HOST}.discovery.snapshot"]
+
+
+async def test_the_list_time_is_taken_before_the_list() -> None:
+    box = web()
+    _docker, discovery, _rec = setup(box)
+    before = time.time_ns()
+    await discovery.reconcile("startup")
+    assert discovery.listed_at_ns is not None
+    assert before <= discovery.listed_at_ns <= time.time_ns()
+    assert discovery.predates_list(before - 1)
+    assert not discovery.predates_list(time.time_ns())

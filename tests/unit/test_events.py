@@ -415,3 +415,103 @@ async def test_a_failed_reconcile_is_retried_not_dropped() -> None:
         await asyncio.gather(task, return_exceptions=True)
     assert rec.keys == [f"{HOST}.discovery.snapshot"]
     assert rec.last().reason == "resync"
+
+
+# --- events older than the last reconcile (issue 18) ------------------------------------------
+
+
+async def test_events_older_than_the_last_list_are_published_marked_replayed() -> None:
+    stream, rec, _ = make_stream()
+    await stream.discovery.reconcile("resync")
+    listed = stream.discovery.listed_at_ns
+    assert listed is not None
+    rec.messages.clear()
+    old, new = listed - 5_000_000, listed + 5_000_000
+    await stream._handle(container_event("die", PLAIN_ID, "db", {}, t=old, exitCode="0"), received(old))
+    await stream._handle(network_event("connect", PLAIN_ID, t=old + 1), received(old))
+    await stream._handle(container_event("start", PLAIN_ID, "db", {}, t=new), received(new))
+    await stream._handle(network_event("disconnect", PLAIN_ID, t=new + 1), received(new))
+    died, connected, started, disconnected = (m for _, m in rec.messages)
+    assert died.attributes == {"exit_code": 0, "replayed": True}
+    assert connected.attributes == {"replayed": True}
+    assert started.attributes == {}
+    assert disconnected.attributes == {}
+    assert stream.state.published == 4  # forwarded all the same: they happened
+
+
+async def test_a_replayed_die_of_a_running_service_is_forwarded_but_changes_no_discovery() -> None:
+    stream, rec, docker = make_stream()
+    entry = {  # WEB_ID's inspect, as GET /containers/json lists it
+        "Id": WEB_ID,
+        "Names": ["/web"],
+        "Labels": DISCOVERABLE,
+        "State": "running",
+        "Status": "Up 2 seconds",
+        "Ports": [{"IP": "127.0.0.1", "PrivatePort": 8080, "PublicPort": 32768, "Type": "tcp"}],
+        "NetworkSettings": {"Networks": {"bridge": {"IPAddress": "172.17.0.2"}}},
+    }
+
+    async def listing(**params: Any) -> list[Any]:
+        return [entry] if "dockhand.enabled=true" in params.get("filters", "") else []
+
+    docker.containers.list = listing  # type: ignore[method-assign]
+    await stream.discovery.reconcile("resync")  # lists it running
+    assert rec.keys == [f"{HOST}.discovery.added", f"{HOST}.discovery.snapshot"]
+    listed = stream.discovery.listed_at_ns
+    assert listed is not None
+    rec.messages.clear()
+    die = container_event("die", WEB_ID, "web", DISCOVERABLE, t=listed - 10_000_000, exitCode="137")
+    start = container_event("start", WEB_ID, "web", DISCOVERABLE, t=listed - 5_000_000)
+    await stream._handle(die, received())
+    await stream._handle(start, received())
+    assert rec.keys == [f"{HOST}.container.die", f"{HOST}.container.start"]
+    assert [s.container_id for s in stream.discovery.current()] == [WEB_ID]
+    assert WEB_ID in docker.show_calls  # decided from its current state: running, as listed
+
+
+async def test_reader_reconnects_at_once_when_docker_answers_again() -> None:
+    # A long backoff (reconnect max 30 s): only Docker being seen answering again (a probe, a
+    # command) makes the reader try again before it runs out.
+    stream, _, _ = make_stream(event_reconnect_max_s=30)
+    attempts: list[float] = []
+
+    async def failing() -> None:
+        attempts.append(asyncio.get_running_loop().time())
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    stream._read_once = failing  # type: ignore[method-assign]
+    stream.ops.mark_unavailable(float("inf"))
+    assert stream.ops.available is False
+    task = asyncio.get_running_loop().create_task(stream._read_forever())
+    try:
+        async with asyncio.timeout(5):
+            while len(attempts) < 5:  # the next backoff is 0.8-1.6 s
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        count = len(attempts)
+        stream.ops.mark_available()
+        async with asyncio.timeout(0.5):
+            while len(attempts) == count:
+                await asyncio.sleep(0.005)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_stop_is_not_lost_when_the_reader_is_woken_at_the_same_moment() -> None:
+    # asyncio.wait_for on 3.11 swallows a cancel that arrives when the awaited thing is done:
+    # a wake (Docker available again) just before stop() must not keep the reader running.
+    stream, _, _ = make_stream(event_reconnect_max_s=30)
+
+    async def failing() -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    stream._read_once = failing  # type: ignore[method-assign]
+    stream.ops.mark_unavailable(float("inf"))
+    stream.start()
+    await asyncio.sleep(0.3)  # backing off
+    stream.ops.mark_available()  # sets the wake...
+    stream._enqueue(Reconcile("resync"))  # ...and an item for the processor, then at once:
+    async with asyncio.timeout(2):
+        await stream.stop()
+    assert stream._tasks == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -235,3 +237,114 @@ async def test_call_fails_fast_while_docker_unavailable() -> None:
     await monitor.probe()
     assert await ops.call("container.inspect", fn, subject="workspace ws1 on host-a") == "ok"
     assert calls == ["called"]
+
+
+# --- availability follows any proof, not only the probe (issue 18) ----------------------------
+
+
+async def test_a_call_while_marked_down_goes_ahead_when_docker_answers_again() -> None:
+    monitor, ops, docker, _, _ = make()
+    flips: list[bool] = []
+    ops.on_availability(flips.append)
+    docker.fail = ConnectionRefusedError(111, "Connection refused")
+    await monitor.probe()
+    assert ops.available is False
+    docker.fail = None  # the daemon is back; the next probe is up to a second away
+    calls = 0
+
+    async def fn() -> str:
+        nonlocal calls
+        calls += 1
+        return "ok"
+
+    docker.version_calls = 0
+    results = await asyncio.gather(*(ops.call("system.info", fn, subject="host host-a") for _ in range(5)))
+    assert results == ["ok"] * 5
+    assert calls == 5
+    assert docker.version_calls == 1  # one shared check for the calls waiting together
+    assert ops.available is True
+    assert flips == [False, True]
+
+
+async def test_a_stale_probe_failure_does_not_undo_a_fresher_success() -> None:
+    # The probe's request went out while the daemon was down and failed after the event stream
+    # had reconnected: Docker stays available, and the probe asks again rather than report down.
+    monitor, ops, docker, _, _ = make()
+    answered = asyncio.Event()
+    attempts = 0
+
+    async def version() -> dict[str, Any]:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            await answered.wait()
+            raise ConnectionRefusedError(111, "Connection refused")
+        return dict(VERSION)
+
+    docker.version = version  # type: ignore[method-assign]
+    ops.available = False
+    probing = asyncio.ensure_future(monitor.probe())
+    await asyncio.sleep(0)
+    ops.mark_available()  # the stream reconnected meanwhile
+    answered.set()
+    health = await probing
+    assert health.reachable is True
+    assert ops.available is True
+    assert attempts == 2
+
+
+def test_mark_unavailable_ignores_a_request_older_than_the_last_answer() -> None:
+    _, ops, _, _, _ = make()
+    began = time.monotonic()
+    ops.mark_available()
+    assert ops.mark_unavailable(began) is False
+    assert ops.available is True
+    assert ops.mark_unavailable(time.monotonic()) is True
+    assert ops.available is False
+
+
+async def test_a_4xx_from_docker_proves_it_answers() -> None:
+    _, ops, _, _, _ = make()
+    began = time.monotonic()
+
+    async def missing() -> None:
+        raise DockerError(404, "No such container: x")
+
+    assert await ops.maybe("container.inspect", missing, subject="container x") is None
+    assert ops.mark_unavailable(began) is False
+
+
+async def test_heartbeat_follows_the_stream_at_once_not_at_the_next_tick() -> None:
+    # health_interval_s=10: the loop ticks every second; a status change is published at once.
+    monitor, _, _, stream, _ = make(health_interval_s=10)
+    recorder = monitor._publish
+    assert isinstance(recorder, Recorder)
+    monitor.start()
+    try:
+        async with asyncio.timeout(2):
+            while not recorder.messages:
+                await asyncio.sleep(0.01)
+        assert recorder.messages[-1][1].status == "healthy"  # type: ignore[attr-defined]
+        await asyncio.sleep(0.1)  # the loop now waits for its next tick
+        for connected, status in ((False, "degraded"), (True, "healthy")):
+            began = time.monotonic()
+            stream.set_connected(connected)
+            async with asyncio.timeout(0.5):
+                while recorder.messages[-1][1].status != status:  # type: ignore[attr-defined]
+                    await asyncio.sleep(0.005)
+            assert time.monotonic() - began < 0.5
+    finally:
+        await monitor.stop()
+
+
+async def test_stop_is_not_lost_when_woken_at_the_same_moment() -> None:
+    # stream.stop() flips `connected` (a wake) right before health.stop() cancels the loop:
+    # asyncio.wait_for on 3.11 would swallow that cancel and stop() would never return.
+    monitor, _, _, stream, _ = make(health_interval_s=10)
+    monitor.start()
+    await asyncio.sleep(0.2)
+    stream.set_connected(False)
+    async with asyncio.timeout(2):
+        await monitor.stop()
+    assert monitor._task is not None
+    assert monitor._task.done()
