@@ -593,7 +593,8 @@ class Client:
                 if remaining <= 0:
                     break
                 try:
-                    raw = await asyncio.wait_for(waiter.queue.get(), remaining)
+                    async with asyncio.timeout(remaining):  # not wait_for: see HostsView.wait_for
+                        raw = await waiter.queue.get()
                 except TimeoutError:
                     break
                 host = str(json.loads(raw).get("host_id"))

@@ -347,8 +347,11 @@ class HostsView(_View):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise TimeoutError(f"HostsView: the condition did not hold within {timeout:g} s")
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that comes
+                # just as the wait ends, and a cancelled caller would then go on waiting.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), min(poll_s, remaining))
+                    async with asyncio.timeout(min(poll_s, remaining)):
+                        await self._changed.wait()
 
     async def _run(self) -> None:
         from ._events import bindings, parse_event
