@@ -17,7 +17,7 @@ import re
 import signal
 import ssl
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -284,6 +284,14 @@ def send(
         bool, typer.Option("--json", help="Print each result as raw JSON (one line per reply).")
     ] = False,
     list_types: Annotated[bool, typer.Option("--list", help="List the command types and exit.")] = False,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="workspace.exec only: print the output live (stdout to stdout, stderr to stderr), "
+            "then the result; --timeout is then for the whole run.",
+        ),
+    ] = False,
     amqp_url: AmqpUrl = DEFAULT_AMQP_URL,
     exchange_prefix: ExchangePrefix = "dockhand",
     amqp_ca_file: AmqpCaFile = None,
@@ -307,8 +315,17 @@ def send(
         client = make_client(amqp_url, exchange_prefix, amqp_ca_file, amqp_cert_file, amqp_key_file)
         deadline = timedelta(seconds=expires_in) if expires_in is not None else None
         # Validated locally as the worker will validate it: CommandRejected (exit 2), nothing sent.
+        if stream:
+            if command_type != "workspace.exec":
+                fail("--stream works only with workspace.exec", EXIT_INVALID)
+            if target == HostTarget.ALL:
+                fail("--stream needs one target (a host id or 'any'), not 'all'", EXIT_INVALID)
+            data = {**(data or {}), "stream": True}
         body = client.command(command_type, data, command_id=command_id, deadline=deadline)
-        replies = _run_async(_send(client, target, body, timeout))
+        if stream:
+            replies = _run_async(_send_streamed(client, target, body, timeout))
+        else:
+            replies = _run_async(_send(client, target, body, timeout))
         if not replies:
             what = f"{command_type} {body['command_id']}"
             if target == HostTarget.ALL:
@@ -366,6 +383,44 @@ async def _send(client: Client, target: str, body: dict[str, Any], wait_s: float
                 "no queue): check --host and --exchange-prefix",
                 EXIT_UNAVAILABLE,
             )
+
+
+async def _send_streamed(client: Client, target: str, body: dict[str, Any], wait_s: float) -> list[bytes]:
+    """:func:`_send` for ``workspace.exec --stream``: each chunk written as it arrives (stdout's
+    to stdout, stderr's to stderr, bytes as sent), then the result's raw body ([] when none came)."""
+    from dockhand.client import CommandError, NoRoute, ReplyTimeout
+
+    expires = body.get("expires_at")
+    payload = {k: v for k, v in (body.get("payload") or {}).items() if k != "stream"}
+    async with client:
+        stream = client.exec_stream(
+            payload,
+            host=target,
+            command_id=body["command_id"],
+            deadline=datetime.fromisoformat(expires) if expires else None,
+            timeout=wait_s,
+        )
+        ends_line = {"stdout": True, "stderr": True}
+        try:
+            async for chunk in stream:
+                sink = sys.stdout if chunk.stream == "stdout" else sys.stderr
+                data = chunk.content()
+                sink.buffer.write(data)
+                sink.flush()
+                ends_line[chunk.stream] = data.endswith(b"\n")
+        except CommandError:
+            pass  # its result is printed below, as for any other command
+        except ReplyTimeout:
+            return []
+        except NoRoute:
+            who = "no worker" if target == HostTarget.ANY else f"no worker for host {target}"
+            fail(f"{who} has a queue on {client.prefix}.commands: check --host and --exchange-prefix", EXIT_UNAVAILABLE)
+        finally:
+            for name, sink in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+                if not ends_line[name]:  # the summary (or an error line) starts on a line of its own
+                    sink.write("\n")
+                    sink.flush()
+        return [stream.raw] if stream.raw is not None else []
 
 
 # --- result formatting --------------------------------------------------------------------
@@ -464,6 +519,8 @@ def _format_body(command_type: str, body: dict[str, Any]) -> list[str]:
         services = body.get("services") or []
         return [f"  {service_line(s)}" for s in services if isinstance(s, dict)] or ["  no services"]
     if command_type == "workspace.exec":
+        if body.get("exec_id") and body.get("exit_code") is None:
+            return [f"  started (detached), exec id {body['exec_id']}"]
         lines = [f"  exit code {body.get('exit_code')}" + (" (output truncated)" if body.get("truncated") else "")]
         for stream in ("stdout", "stderr"):
             text = str(body.get(stream) or "")
@@ -474,6 +531,13 @@ def _format_body(command_type: str, body: dict[str, Any]) -> list[str]:
     if command_type == "workspace.logs":
         lines = [f"  {line}" for line in body.get("lines") or []]
         return [*lines, "  (truncated)"] if body.get("truncated") else lines or ["  no log lines"]
+    if command_type == "workspace.get_file" and isinstance(body.get("mode"), int):
+        # The content is base64 of up to MAX_FILE_BYTES: not for a terminal (`dockhand cp` writes it).
+        from dockhand.schemas.commands import base64_decoded_size
+
+        got = base64_decoded_size(str(body.get("content") or ""))
+        cut = f", first {got} bytes (truncated)" if body.get("truncated") else ""
+        return [f"  {body.get('path')}  {body.get('size')} bytes{cut}, mode {body['mode']:o}  (`dockhand cp` saves it)"]
     return [f"  {key:<10} {_compact(value)}" for key, value in body.items() if value not in (None, {}, [])]
 
 
@@ -666,6 +730,116 @@ async def _tail(
         if consumer in done:
             consumer.result()  # its error, if it ended with one (a refused permission ...)
     return seen, not done
+
+
+# --- cp ---------------------------------------------------------------------------------------
+
+_WS_PATH = re.compile(r"^([a-z0-9][a-z0-9_.-]{0,62}):(/.*)$")
+_WHOLE_FILE = 2**40  # get_file's largest max_bytes: the worker caps it at DOCKHAND_MAX_FILE_BYTES
+
+
+def parse_cp_args(source: str, dest: str) -> tuple[str, str, str, str]:
+    """``(direction, workspace_id, workspace path, local)`` of ``dockhand cp`` (direction ``in``:
+    local to workspace, ``out``: workspace to local). A ``WS:/PATH`` operand names a workspace
+    file (absolute path); anything else is local (``-``: standard input or output)."""
+    src, dst = _WS_PATH.match(source), _WS_PATH.match(dest)
+    if bool(src) == bool(dst):
+        fail("give one WORKSPACE:/PATH and one local path (or -), e.g. `dockhand cp app.py ws1:/srv/app.py`", 2)
+    if dst is not None:
+        return "in", dst.group(1), dst.group(2), source
+    assert src is not None
+    return "out", src.group(1), src.group(2), dest
+
+
+@app.command(
+    epilog="Exit codes: 0 copied, 1 failed (not found, forbidden, the file is over the worker's limit), "
+    "2 rejected or invalid, 124 no reply within --timeout, 69 broker unreachable."
+)
+def cp(
+    source: Annotated[str, typer.Argument(metavar="SRC", help="LOCAL (- for standard input) or WORKSPACE:/PATH.")],
+    dest: Annotated[str, typer.Argument(metavar="DEST", help="WORKSPACE:/PATH or LOCAL (- for standard output).")],
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            "-H",
+            envvar="DOCKHAND_HOST_ID",
+            show_envvar=True,
+            show_default=False,
+            help="The workspace's host id [default: this machine's host id].",
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option("--timeout", "-t", min=0.1, help="Seconds to wait for the reply.")] = 60.0,
+    amqp_url: AmqpUrl = DEFAULT_AMQP_URL,
+    exchange_prefix: ExchangePrefix = "dockhand",
+    amqp_ca_file: AmqpCaFile = None,
+    amqp_cert_file: AmqpCertFile = None,
+    amqp_key_file: AmqpKeyFile = None,
+) -> None:
+    """Copy one file into or out of a workspace, like `docker cp` (workspace.put_files / get_file).
+
+    A workspace path ending in / (or an existing local directory) takes the file's own name.
+    The mode is kept both ways; parent directories in the workspace are made.
+    """
+    with _errors():
+        direction, workspace_id, path, local = parse_cp_args(source, dest)
+        target = resolve_host(host)
+        if target == HostTarget.ALL:
+            fail("cp needs one host (a host id or 'any'), not 'all'", EXIT_INVALID)
+        client = make_client(amqp_url, exchange_prefix, amqp_ca_file, amqp_cert_file, amqp_key_file)
+        if direction == "in":
+            if local == "-":
+                data: bytes | Path = sys.stdin.buffer.read()
+                name = "stdin"
+            else:
+                data = Path(local)
+                if not data.is_file():
+                    fail(f"{local}: not a file", EXIT_INVALID)
+                name = data.name
+            if path.endswith("/"):
+                path += name
+            files = {path: data}
+            _run_async(
+                _cp_call(client, lambda: client.workspaces.put_files(workspace_id, files, host=target, timeout=timeout))
+            )
+            return
+        result = _run_async(
+            _cp_call(
+                client,
+                lambda: client.workspaces.get_file(
+                    workspace_id, path, max_bytes=_WHOLE_FILE, host=target, timeout=timeout
+                ),
+            )
+        )
+        if result.truncated:
+            fail(f"{workspace_id}:{path} is {result.size} bytes, more than the worker's DOCKHAND_MAX_FILE_BYTES", 1)
+        if local == "-":
+            sys.stdout.buffer.write(result.data)
+            sys.stdout.buffer.flush()
+            return
+        out = Path(local)
+        if out.is_dir():
+            out = out / Path(path).name
+        try:
+            out.write_bytes(result.data)
+            out.chmod(result.mode & 0o777)
+        except OSError as err:
+            fail(f"cannot write {out}: {err.strerror or err}", 1)
+
+
+async def _cp_call(client: Client, call: Callable[[], Awaitable[Any]]) -> Any:
+    """One typed call of ``cp``, with the client's result errors as exit codes."""
+    from dockhand.client import CommandError, NoRoute, ReplyTimeout
+
+    async with client:
+        try:
+            return await call()
+        except CommandError as err:
+            fail(f"{err.command_type} {err.status}: {err.code}: {err.message}", EXIT_CODES.get(err.status, 1))
+        except ReplyTimeout as err:
+            fail(f"{err} (it may still run)", EXIT_TIMEOUT)
+        except NoRoute as err:
+            fail(f"{err}: check --host and --exchange-prefix", EXIT_UNAVAILABLE)
 
 
 # --- error handling ---------------------------------------------------------------------------

@@ -10,7 +10,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field, SecretStr, StringConstraints, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    Field,
+    SecretStr,
+    StringConstraints,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 from ._base import (
     AbsPath,
@@ -242,6 +251,16 @@ class WorkspaceExec(WireModel):
     user: UserSpec | None = None
     working_dir: AbsPath | None = None
     timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    stream: bool = False
+    """Send the output while it runs, as ``exec.output`` messages to ``reply_to`` (v1.1)."""
+    detach: bool = False
+    """Start it and answer at once with its ``exec_id``; its output is not kept (v1.1)."""
+
+    @model_validator(mode="after")
+    def _stream_or_detach(self) -> WorkspaceExec:
+        if self.stream and self.detach:
+            raise ValueError("stream and detach exclude each other: a detached exec has no output to stream")
+        return self
 
 
 class WorkspaceLogs(WireModel):
@@ -250,6 +269,71 @@ class WorkspaceLogs(WireModel):
     workspace_id: WorkspaceId
     tail: int = Field(default=100, ge=0, le=10_000)
     since: AwareDatetime | None = None
+
+
+MAX_FILES = 256
+"""At most this many files per ``workspace.put_files``."""
+GET_FILE_DEFAULT_BYTES = 1024 * 1024
+"""``workspace.get_file``'s default ``max_bytes`` (the worker caps it at DOCKHAND_MAX_FILE_BYTES)."""
+# Strict, padded base64 (RFC 4648 §4): no line breaks, no URL-safe alphabet.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+Base64 = Annotated[str, StringConstraints(pattern=BASE64_PATTERN)]
+
+
+def base64_decoded_size(text: str) -> int:
+    """The number of bytes a strict base64 text decodes to (without decoding it)."""
+    return len(text) // 4 * 3 - text[-2:].count("=")
+
+
+def _file_path(value: str) -> str:
+    # A workspace path as Docker's archive API takes it: absolute, and never climbing with "..";
+    # "." and repeated slashes are only spelling and are cleaned away.
+    if any(part == ".." for part in value.split("/")):
+        raise ValueError(f"path {value!r} has a '..' component")
+    path = normalise_target(value)
+    if path == "/":
+        raise ValueError(f"path {value!r} names the root directory, not a file")
+    return path
+
+
+FilePath = Annotated[AbsPath, AfterValidator(_file_path)]
+"""An absolute file path in a workspace: no NUL, no ``..`` component, not ``/``; cleaned."""
+
+
+class FileSpec(WireModel):
+    """One file of ``workspace.put_files``: where, what (base64) and its permission bits."""
+
+    path: FilePath
+    content: Base64
+    mode: int = Field(default=0o644, ge=0, le=0o777)
+
+
+class WorkspacePutFiles(WireModel):
+    """Payload of ``workspace.put_files``: write files (parents created) into a workspace."""
+
+    workspace_id: WorkspaceId
+    files: list[FileSpec] = Field(min_length=1, max_length=MAX_FILES)
+
+    @field_validator("files")
+    @classmethod
+    def _distinct(cls, value: list[FileSpec]) -> list[FileSpec]:
+        paths = [f.path for f in value]
+        duplicate = next((p for p in paths if paths.count(p) > 1), None)
+        if duplicate is not None:
+            raise ValueError(f"path {duplicate!r} is given twice")
+        # One file's path may not be another's directory: Docker would fail half-way through.
+        under = next((p for p in paths for q in paths if q.startswith(p + "/")), None)
+        if under is not None:
+            raise ValueError(f"path {under!r} is a file and also a parent directory of another file")
+        return value
+
+
+class WorkspaceGetFile(WireModel):
+    """Payload of ``workspace.get_file``: read one regular file (at most ``max_bytes`` of it)."""
+
+    workspace_id: WorkspaceId
+    path: FilePath
+    max_bytes: int = Field(default=GET_FILE_DEFAULT_BYTES, ge=0, le=2**40)
 
 
 class NetworkEnsure(WireModel):
@@ -363,6 +447,16 @@ class WorkspaceLogsCommand(CommandBase):
     payload: WorkspaceLogs
 
 
+class WorkspacePutFilesCommand(CommandBase):
+    type: Literal["workspace.put_files"]
+    payload: WorkspacePutFiles
+
+
+class WorkspaceGetFileCommand(CommandBase):
+    type: Literal["workspace.get_file"]
+    payload: WorkspaceGetFile
+
+
 class NetworkEnsureCommand(CommandBase):
     type: Literal["network.ensure"]
     payload: NetworkEnsure
@@ -413,6 +507,8 @@ Command = Annotated[
     | WorkspaceListCommand
     | WorkspaceExecCommand
     | WorkspaceLogsCommand
+    | WorkspacePutFilesCommand
+    | WorkspaceGetFileCommand
     | NetworkEnsureCommand
     | NetworkConnectCommand
     | NetworkDisconnectCommand

@@ -11,7 +11,7 @@ from pydantic import TypeAdapter
 from .commands import Command
 from .events import ContainerEvent, DiscoveryEvent, DiscoverySnapshot, NetworkEvent
 from .health import Heartbeat
-from .results import Result
+from .results import ExecOutputChunk, Result
 
 SCHEMA_DIR = Path(__file__).parent / "json"
 
@@ -23,6 +23,7 @@ MESSAGES: dict[str, Any] = {
     "discovery-event": DiscoveryEvent,
     "discovery-snapshot": DiscoverySnapshot,
     "heartbeat": Heartbeat,
+    "exec-output": ExecOutputChunk,
 }
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -83,11 +84,68 @@ class WorkspaceList(WireModel):
     workspaces: list[Workspace]
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
 class ExecOutput(WireModel):
-    exit_code: int
-    stdout: str
-    stderr: str
+    """The result of ``workspace.exec``. A detached exec answers with ``exec_id`` (and no
+    ``exit_code``: it has not ended; the output fields keep their empty defaults); a streamed one
+    with empty stdout/stderr. The absent fields are left out, so a v1 exec result is unchanged."""
+
+    exit_code: int | None = Field(default=None, exclude_if=_is_none)
+    stdout: str = ""
+    stderr: str = ""
+    truncated: bool = False
+    exec_id: str | None = Field(default=None, exclude_if=_is_none)
+
+
+class ExecOutputChunk(WireModel):
+    """One piece of a streamed exec's output (``exec.output``, AMQP ``message_type``
+    ``dockhand.exec.output``), sent to the command's ``reply_to`` with its ``correlation_id``.
+    ``seq`` counts from 1 per command across both streams; exactly one of ``data`` (valid UTF-8)
+    and ``data_b64`` (anything else) is set."""
+
+    command_id: str
+    seq: int = Field(ge=1)
+    stream: Literal["stdout", "stderr"]
+    data: str | None = None
+    data_b64: str | None = None
+    time: datetime
+
+    def content(self) -> bytes:
+        """The output bytes, whichever field carries them."""
+        if self.data is not None:
+            return self.data.encode()
+        return base64.b64decode(self.data_b64 or "")
+
+    def text(self) -> str:
+        """The output as text (bytes that are not UTF-8 replaced)."""
+        return self.data if self.data is not None else self.content().decode("utf-8", "replace")
+
+
+class FilesWritten(WireModel):
+    """The result of ``workspace.put_files``: the paths written and their decoded bytes in all."""
+
+    workspace_id: str
+    paths: list[str]
+    bytes: int
+
+
+class FileContent(WireModel):
+    """The result of ``workspace.get_file``: ``content`` (base64) is the file's first
+    ``max_bytes``; ``size`` is its real size, ``truncated`` whether content is shorter than it."""
+
+    path: str
+    content: str
+    size: int
+    mode: int
     truncated: bool
+
+    @property
+    def data(self) -> bytes:
+        """``content`` decoded (a convenience; the wire carries base64)."""
+        return base64.b64decode(self.content)
 
 
 class LogLines(WireModel):
@@ -159,6 +217,8 @@ ResultBody = (
     | WorkspaceList
     | ExecOutput
     | LogLines
+    | FilesWritten
+    | FileContent
     | NetworkEnsured
     | NetworkAttachment
     | NetworkRemoved
@@ -178,6 +238,8 @@ RESULT_MODELS: dict[str, type[WireModel]] = {
     "workspace.list": WorkspaceList,
     "workspace.exec": ExecOutput,
     "workspace.logs": LogLines,
+    "workspace.put_files": FilesWritten,
+    "workspace.get_file": FileContent,
     "network.ensure": NetworkEnsured,
     "network.connect": NetworkAttachment,
     "network.disconnect": NetworkAttachment,

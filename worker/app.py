@@ -17,6 +17,7 @@ from faststream.security import BaseSecurity
 from faststream.specification import AsyncAPI
 
 from dockhand.schemas import ContainerEvent, DiscoveryEvent, DiscoverySnapshot, Heartbeat, NetworkEvent, Result
+from dockhand.schemas.results import ExecOutputChunk
 
 from . import __version__, tls
 from .discovery import Discovery
@@ -52,6 +53,8 @@ def _document_outputs(broker: RabbitBroker, topology: Topology, host: str) -> No
         (topology.events, f"{host}.discovery.{{change}}", DiscoveryEvent, "Discovery added/removed/updated/invalid"),
         (topology.events, f"{host}.discovery.snapshot", DiscoverySnapshot, "The whole discovered service set"),
         (topology.health, f"{host}.heartbeat", Heartbeat, "Health heartbeat"),
+        # To the default exchange: a streamed exec's output, routed by the command's reply_to.
+        (None, "{reply_to}", ExecOutputChunk, "A streamed exec's output (exec.output), to the command's reply_to"),
     ]
     for exchange, routing_key, model, description in outputs:
         broker.publisher(

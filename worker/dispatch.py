@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from dockhand.schemas import COMMAND_ADAPTER, COMMAND_TYPES, Command, ErrorCode, Result, Status, utcnow
 from dockhand.schemas._base import COMMAND_ID_PATTERN
 
-from . import tenancy
+from . import exec_stream, tenancy
 from .errors import DockhandError, rejected
 from .handlers import HANDLERS, check_policy, lane_key
 from .store import ResultStore, store_key
@@ -242,6 +242,10 @@ def parse(body: bytes, routing_key: str, max_body_bytes: int) -> Command:
 POOLED_TYPES = frozenset({"workspace.exec"})
 """Command types that run in the exec pool (``DOCKHAND_MAX_CONCURRENT_EXECS``), not in a command slot."""
 
+UNSTORED_TYPES = frozenset({"workspace.get_file"})
+"""Command types whose results are not kept in the result store: a file read carries up to
+DOCKHAND_MAX_FILE_BYTES (as base64) and changes nothing, so a repeat simply reads again."""
+
 REDACTED_HEADER = "x-dockhand-redacted"
 """Header of a dead letter that is a redacted copy: what was removed (comma-separated paths)."""
 
@@ -341,7 +345,7 @@ class Dispatcher:
         received = utcnow()
         routing_key = message.raw_message.routing_key or ""
         try:
-            command = parse(body, routing_key, self.settings.max_body_bytes)
+            command = parse(body, routing_key, self.settings.body_limit)
         except Rejection as exc:
             rejection = exc
             self.lanes.submit(None, lambda: self._guarded(self._reject(rejection, message, received), message), context)
@@ -520,6 +524,11 @@ class Dispatcher:
             assert self.ops is not None, "Docker client not started"
             try:
                 check_policy(command.type, command.payload, self.ops)
+                # Where a streamed exec sends its output (this task's context only).
+                raw = message.raw_message
+                exec_stream.REPLY.set(
+                    exec_stream.ReplyTarget(self.publisher, command.command_id, raw.reply_to, raw.correlation_id)
+                )
                 body = await HANDLERS[command.type](command.payload, self.ops)
             except DockhandError as exc:
                 error = exc
@@ -541,7 +550,8 @@ class Dispatcher:
         )
         # Remember outcomes that a repeat must not redo; a retryable failure may be sent again
         # with the same id and should then run again.
-        if result.status is not Status.REJECTED and not (error and error.retryable):
+        kept = command.type not in UNSTORED_TYPES
+        if kept and result.status is not Status.REJECTED and not (error and error.retryable):
             self.store.put(
                 result,
                 published=False,
@@ -613,7 +623,7 @@ class Dispatcher:
         """Reject a message into the dead-letter queue — unless it carries a secret: then a
         redacted copy goes to the dead-letter exchange (confirmed) and the original is acked."""
         raw = message.raw_message
-        redaction = redact(message.body, self.settings.max_body_bytes)
+        redaction = redact(message.body, self.settings.body_limit)
         if redaction is None:
             await message.reject(requeue=False)
             return

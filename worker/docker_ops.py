@@ -8,11 +8,13 @@ volumes carrying this host's managed labels are changed; anything else is ``forb
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
 import logging
 import os
+import tarfile
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -22,6 +24,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import aiodocker
+import aiohttp
 import stamina
 from aiodocker.containers import DockerContainer
 from aiodocker.exceptions import DockerError
@@ -35,13 +38,18 @@ from dockhand.schemas.commands import (
     NetworkEnsure,
     WorkspaceCreate,
     WorkspaceExec,
+    WorkspaceGetFile,
     WorkspaceListQuery,
     WorkspaceLogs,
+    WorkspacePutFiles,
     WorkspaceRemove,
     WorkspaceStop,
+    base64_decoded_size,
 )
 from dockhand.schemas.results import (
     ExecOutput,
+    FileContent,
+    FilesWritten,
     HostInfo,
     ImageInfo,
     ImagePulled,
@@ -55,7 +63,7 @@ from dockhand.schemas.results import (
     WorkspaceRemoved,
 )
 
-from . import exec_kill, tenancy
+from . import exec_kill, exec_stream, files, tenancy
 from .errors import DockhandError, from_exception, is_transient, rejected
 from .labels import Labels
 from .policy import Policy, binds_conflict, explicit_registry, image_registry
@@ -879,6 +887,9 @@ class DockerOps:
         return WorkspaceList(workspaces=sorted(workspaces, key=lambda w: w.workspace_id))
 
     async def exec_workspace(self, p: WorkspaceExec) -> ExecOutput:
+        target = exec_stream.REPLY.get()
+        if p.stream and (target is None or not target.reply_to):
+            raise rejected(ErrorCode.INVALID_COMMAND, "stream: true needs a reply_to to stream the output to")
         info = await self.get_workspace(p.workspace_id)
         subject = self._subject(p.workspace_id)
         if not info["State"].get("Running"):
@@ -887,27 +898,49 @@ class DockerOps:
         # Tags the exec's processes (children inherit it) for exec_kill's in-container fallback.
         token = exec_kill.new_token()
         environment = {**p.env, exec_kill.MARKER: token}
+        attach = not p.detach  # a detached exec's output is not kept: Docker need not hold it
         execution = await self.call(
             "container.exec",
             lambda: container.exec(
-                p.command, stdout=True, stderr=True, environment=environment, user=p.user or "", workdir=p.working_dir
+                p.command,
+                stdout=attach,
+                stderr=attach,
+                environment=environment,
+                user=p.user or "",
+                workdir=p.working_dir,
             ),
             subject=subject,
         )
+        if p.detach:
+            # Docker runs it inside the container, independent of this API connection (and of
+            # this worker's life); timeout_s does not apply to it.
+            await self.call("exec.start", lambda: execution.start(detach=True), subject=subject)
+            return ExecOutput(exec_id=execution.id)
         limit = self.settings.exec_output_limit_bytes
         out = {1: bytearray(), 2: bytearray()}
         truncated = False
+        sender = exec_stream.ChunkSender(target, exec_stream.OutputBuffer(limit)) if p.stream and target else None
         try:
             async with asyncio.timeout(p.timeout_s), execution.start(detach=False) as stream:
                 while (message := await stream.read_out()) is not None:
+                    if sender is not None:
+                        # Past the cap the output is still read (and discarded): the process
+                        # must not block on a full pipe.
+                        sender.add(message.stream, message.data)
+                        continue
                     buffer = out.get(message.stream, out[1])
                     room = limit - len(buffer)
                     if len(message.data) > room:
                         truncated = True
                     buffer.extend(message.data[: max(room, 0)])
+            if sender is not None:
+                await sender.finish()
+                truncated = sender.buffer.truncated
         except TimeoutError as exc:
             # Docker leaves a timed-out exec running (there is no exec kill): end it and its children.
             ended = await exec_kill.kill_quietly(container, info["Id"], execution, token, p.user or "")
+            if sender is not None:
+                await sender.finish()  # what it wrote before it was killed, then the result
             outcome = "it was killed" if ended else "it could not be killed and may still be running"
             raise DockhandError(
                 ErrorCode.TIMEOUT, f"{subject}: exec did not finish within {p.timeout_s} s; {outcome}", retryable=False
@@ -918,6 +951,9 @@ class DockerOps:
             raise
         except DockerError as exc:
             raise from_exception(exc, subject=subject) from exc
+        finally:
+            if sender is not None:
+                await sender.cancel()  # a no-op once finished
         result = await self.call("exec.inspect", execution.inspect, subject=subject)
         return ExecOutput(
             exit_code=int(result.get("ExitCode") or 0),
@@ -948,6 +984,150 @@ class DockerOps:
                 break
             kept.append(line)
         return LogLines(lines=kept[::-1], truncated=len(kept) < len(lines))
+
+    # --- files (workspace.put_files / get_file, through Docker's archive API) ---------------
+
+    def check_files(self, p: WorkspacePutFiles) -> None:
+        """``rejected`` up front: files over DOCKHAND_MAX_FILE_BYTES (decoded, all together)."""
+        total = sum(base64_decoded_size(f.content) for f in p.files)
+        if total > self.settings.max_file_bytes:
+            raise rejected(
+                ErrorCode.INVALID_COMMAND,
+                f"files of {total} bytes in all exceed DOCKHAND_MAX_FILE_BYTES ({self.settings.max_file_bytes})",
+            )
+
+    async def put_files(self, p: WorkspacePutFiles) -> FilesWritten:
+        """Write the files (parents created, running or stopped workspace): one archive per
+        mount point they fall under, so files in a volume of a read-only workspace still go in."""
+        self.check_files(p)
+        info = await self.get_workspace(p.workspace_id)
+        subject = self._subject(p.workspace_id)
+        self._check_not_tmpfs(info, [f.path for f in p.files], subject)
+        contents = files.decoded((f.path, f.content, f.mode) for f in p.files)
+        points = [str(m.get("Destination") or "") for m in info.get("Mounts") or []]
+        for root, members in files.group_by_root(contents, points).items():
+            archive = files.build_archive(members)
+            # noOverwriteDirNonDir: a file never replaces a directory (Docker would delete it).
+            params = {"path": root, "noOverwriteDirNonDir": "true"}
+            try:
+                await self.call(
+                    "container.put_archive", partial(self._put_archive, info["Id"], params, archive), subject=subject
+                )
+            except DockhandError as exc:
+                raise self._archive_refusal(exc, subject) from exc
+        return FilesWritten(
+            workspace_id=p.workspace_id, paths=[f.path for f in p.files], bytes=sum(len(c[1]) for c in contents)
+        )
+
+    @staticmethod
+    def _check_not_tmpfs(info: JSON, paths: list[str], subject: str) -> None:
+        points = files.tmpfs_points(info)
+        for path in paths:
+            point = files.within(path, points)
+            if point is not None:
+                raise DockhandError(
+                    ErrorCode.INVALID_COMMAND,
+                    f"{subject}: {path} is on the tmpfs mount {point}, which Docker's archive API cannot reach "
+                    "(a file put there would be hidden under it)",
+                )
+
+    async def _put_archive(self, container_id: str, params: JSON, archive: bytes) -> None:
+        async with self.docker._query(
+            f"containers/{container_id}/archive",
+            method="PUT",
+            params=params,
+            data=archive,
+            headers={"Content-Type": "application/x-tar"},
+        ) as response:
+            # aiodocker hands the response over unreleased: give its connection back to the pool.
+            response.close()
+
+    @staticmethod
+    def _archive_refusal(exc: DockhandError, subject: str) -> DockhandError:
+        """Docker 20.10 answers a refused extraction with a plain 500: an answer about the request
+        (a read-only root filesystem, a path through a file), not a daemon fault."""
+        cause = exc.__cause__
+        if exc.code is not ErrorCode.INTERNAL or not isinstance(cause, DockerError):
+            return exc
+        detail = cause.message.strip()
+        if "read-only" in detail.lower():
+            return DockhandError(
+                ErrorCode.FORBIDDEN,
+                f"{subject}: its root filesystem is read-only (read_only: true); only paths in its volumes "
+                f"can be written ({detail})",
+            )
+        return DockhandError(ErrorCode.INVALID_COMMAND, f"{subject}: Docker refused to write the files: {detail}")
+
+    async def get_file(self, p: WorkspaceGetFile) -> FileContent:
+        """Read one regular file (a symlink: its target), at most ``max_bytes`` (capped at
+        DOCKHAND_MAX_FILE_BYTES) of it; the archive is read only that far."""
+        info = await self.get_workspace(p.workspace_id)
+        self._check_not_tmpfs(info, [p.path], self._subject(p.workspace_id))
+        limit = min(p.max_bytes, self.settings.max_file_bytes)
+        path = p.path
+        for _ in range(2):  # Docker's stat resolves a symlink's whole chain: one hop is enough
+            subject = f"file {path} in {self._subject(p.workspace_id)}"
+            read = await self.call(
+                "container.get_archive", partial(self._read_file, info["Id"], path, limit, subject), subject=subject
+            )
+            if isinstance(read, str):
+                path = read
+                continue
+            member, data = read
+            return FileContent(
+                path=p.path,
+                content=base64.b64encode(data).decode(),
+                size=member.size,
+                mode=member.mode & 0o7777,
+                truncated=member.size > len(data),
+            )
+        raise DockhandError(
+            ErrorCode.INVALID_COMMAND, f"file {p.path} in {self._subject(p.workspace_id)}: a symlink loop"
+        )
+
+    async def _read_file(
+        self, container_id: str, path: str, limit: int, subject: str
+    ) -> tuple[tarfile.TarInfo, bytes] | str:
+        """The file's tar header and first ``limit`` bytes, or a symlink's target path. Refusals
+        are raised as contract errors here (never retried: they are answers, not faults)."""
+        async with self.docker._query(f"containers/{container_id}/archive", params={"path": path}) as response:
+            try:
+                return await self._read_member(response, path, limit, subject)
+            finally:
+                # Unreleased, a response holds its pooled connection; the unread rest of the
+                # archive (a truncated read, a directory) is dropped with the connection.
+                response.close()
+
+    @staticmethod
+    async def _read_member(
+        response: aiohttp.ClientResponse, path: str, limit: int, subject: str
+    ) -> tuple[tarfile.TarInfo, bytes] | str:
+        stat = files.parse_stat(response.headers.get(files.STAT_HEADER))
+        if stat is not None and stat.is_symlink and stat.link_target and stat.link_target != path:
+            return stat.link_target
+        if stat is not None and stat.is_dir:
+            raise DockhandError(ErrorCode.INVALID_COMMAND, f"{subject} is a directory; get_file reads one file")
+        if stat is not None and not stat.is_regular:
+            raise DockhandError(ErrorCode.INVALID_COMMAND, f"{subject} is not a regular file")
+        head = bytearray()
+        member: tarfile.TarInfo | None = None
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            head += chunk
+            if member is None:
+                member = files.first_member(bytes(head))
+                if member is None and len(head) > files.MAX_HEADER_BYTES:
+                    break
+            if member is not None and len(head) >= member.offset_data + min(member.size, limit):
+                break  # the rest of the file is not wanted: leave it unread
+        if member is None:
+            member = files.first_member(bytes(head))
+        if member is None or not member.isreg():
+            raise DockhandError(ErrorCode.INVALID_COMMAND, f"{subject}: Docker's archive holds no regular file")
+        want = min(member.size, limit)
+        data = bytes(head[member.offset_data : member.offset_data + want])
+        if len(data) < want:
+            raise DockhandError(ErrorCode.INTERNAL, f"{subject}: the archive ended early", retryable=True)
+        return member, data
 
     # --- networks ------------------------------------------------------------------------
 

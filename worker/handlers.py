@@ -20,8 +20,10 @@ from dockhand.schemas.commands import (
     NetworkRemove,
     WorkspaceCreate,
     WorkspaceExec,
+    WorkspaceGetFile,
     WorkspaceListQuery,
     WorkspaceLogs,
+    WorkspacePutFiles,
     WorkspaceRef,
     WorkspaceRemove,
     WorkspaceStop,
@@ -92,6 +94,16 @@ async def workspace_logs(p: WorkspaceLogs, ops: DockerOps) -> WireModel:
     return await ops.workspace_logs(p)
 
 
+@handles("workspace.put_files")
+async def workspace_put_files(p: WorkspacePutFiles, ops: DockerOps) -> WireModel:
+    return await ops.put_files(p)
+
+
+@handles("workspace.get_file")
+async def workspace_get_file(p: WorkspaceGetFile, ops: DockerOps) -> WireModel:
+    return await ops.get_file(p)
+
+
 @handles("network.ensure")
 async def network_ensure(p: NetworkEnsure, ops: DockerOps) -> WireModel:
     return await ops.ensure_network(p)
@@ -142,6 +154,8 @@ def check_policy(command_type: str, payload: WireModel, ops: DockerOps) -> None:
         ops.policy.check_image(payload.image)
     elif isinstance(payload, NetworkEnsure):
         ops.policy.check_labels(payload.labels, f"network {payload.name}")
+    elif isinstance(payload, WorkspacePutFiles):
+        ops.check_files(payload)
 
 
 def lane_key(command_type: str, payload: WireModel) -> str | None:

@@ -101,7 +101,9 @@ class Settings(BaseSettings):
     max_concurrent_execs: int | None = Field(default=None, ge=1, le=1024)
     prefetch_per_slot: int = Field(default=2, ge=1, le=16)
     delivery_limit: int = Field(default=5, ge=1, le=1000)
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # None: derived from max_file_bytes (see body_limit), so a full put_files always fits.
+    max_body_bytes: int | None = Field(default=None, ge=1024)
+    max_file_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     health_interval_s: float = Field(default=10.0, gt=0)
     event_queue_size: int = Field(default=10_000, ge=10)
@@ -278,6 +280,14 @@ class Settings(BaseSettings):
     def effective_worker_id(self) -> str:
         """This process's id: ``DOCKHAND_WORKER_ID`` or ``<host_id>-<4 hex>``."""
         return self.worker_id or f"{self.host_id}-{secrets.token_hex(2)}"
+
+    @property
+    def body_limit(self) -> int:
+        """The largest command body taken: ``DOCKHAND_MAX_BODY_BYTES`` when set, else enough for
+        ``max_file_bytes`` as base64 (4/3 of it) plus 1 MiB for paths and the envelope."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return -(-self.max_file_bytes // 3) * 4 + 1024 * 1024
 
     @property
     def exec_slots(self) -> int:

@@ -20,6 +20,7 @@ from dockhand.schemas import Result
 from ._client import ALL, ANY, DEFAULT_URL, Client, Retry, expires_at, parse_result
 from ._commands import CallOptions, WorkspaceFields
 from ._events import EVENT_FAMILIES, Event, OtherEvent, bindings, parse_event
+from ._stream import ExecStream
 from .errors import (
     BrokerUnavailable,
     CommandError,
@@ -47,6 +48,7 @@ __all__ = [
     "DiscoveryView",
     "DockhandError",
     "Event",
+    "ExecStream",
     "HostState",
     "HostsView",
     "NoRoute",

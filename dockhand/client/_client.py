@@ -44,6 +44,7 @@ from dockhand.schemas import COMMAND_ADAPTER, COMMAND_TYPES, RESULT_MODELS, Resu
 
 from ._commands import Discovery, Host, Images, Networks, Workspaces, to_wire
 from ._events import EVENT_FAMILIES, Event, bindings, parse_event
+from ._stream import EXEC_OUTPUT_TYPE, ExecStream
 from .errors import (
     ERRORS_BY_STATUS,
     BrokerUnavailable,
@@ -299,10 +300,14 @@ class Client:
         for waiter in self._waiters.values():
             if waiter.link is link and waiter.future is not None and not waiter.future.done():
                 waiter.future.set_exception(_LinkLost())
+            elif waiter.link is link and waiter.queue is not None:
+                waiter.queue.put_nowait(b"")  # ends a stream (ExecStream): its replies are gone
 
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         waiter = self._waiters.get(message.correlation_id or "")
         if waiter is not None:
+            if message.type == EXEC_OUTPUT_TYPE and waiter.future is not None:
+                return  # an exec.output chunk is not the result: only a stream takes it
             waiter.deliver(message.body)
 
     async def _commands(self, link: _Link) -> aio_pika.abc.AbstractExchange:
@@ -622,6 +627,31 @@ class Client:
             waiter = self._waiters[correlation_id] = _Waiter(many=True)
         assert waiter.queue is not None
         return waiter.queue
+
+    def _open_stream(self, correlation_id: str) -> asyncio.Queue[bytes]:
+        """Collect every reply (chunks and the result) for ``correlation_id`` (ExecStream)."""
+        return self.expect(correlation_id)
+
+    def _attach_stream(self, correlation_id: str, link: _Link) -> None:
+        """Tie the stream to ``link``: its loss ends the stream (an empty body in its queue)."""
+        waiter = self._waiters.get(correlation_id)
+        if waiter is not None:
+            waiter.link = link
+
+    def exec_stream(
+        self,
+        payload: Mapping[str, Any],
+        *,
+        host: str | None = None,
+        command_id: str | None = None,
+        deadline: float | datetime | timedelta | None = None,
+        timeout: float | None = None,
+    ) -> ExecStream:
+        """A ``workspace.exec`` with ``stream: true`` (``payload`` without it); iterate the
+        returned :class:`ExecStream` for its chunks, then read its ``result``. Sent once, never
+        retried (see :mod:`dockhand.client._stream`)."""
+        body, encoded = self._command("workspace.exec", {**payload, "stream": True}, command_id, deadline)
+        return ExecStream(self, body, encoded, self._target(host), timeout if timeout is not None else self.timeout)
 
     def forget(self, correlation_id: str) -> None:
         """For tools and tests: stop collecting replies for ``correlation_id``."""

@@ -8,10 +8,12 @@ options of :class:`CallOptions`, and returns the result body's model; a result t
 
 from __future__ import annotations
 
+import base64
 import builtins
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack, overload
 
 from dockhand.schemas.commands import (
     DiscoverySpec,
@@ -22,6 +24,8 @@ from dockhand.schemas.commands import (
 )
 from dockhand.schemas.results import (
     ExecOutput,
+    FileContent,
+    FilesWritten,
     HostInfo,
     ImageInfo,
     ImagePulled,
@@ -37,6 +41,7 @@ from dockhand.schemas.results import (
 
 if TYPE_CHECKING:
     from ._client import Client, Retry
+    from ._stream import ExecStream
 
 
 class CallOptions(TypedDict, total=False):
@@ -159,6 +164,7 @@ class Workspaces(_Resource):
         payload = _fields(project=project, stage=stage, state=state)
         return await self._client._typed(WorkspaceList, "workspace.list", payload, options)
 
+    @overload
     async def exec(
         self,
         workspace_id: str,
@@ -168,9 +174,73 @@ class Workspaces(_Resource):
         user: str | None = None,
         working_dir: str | None = None,
         timeout_s: float | None = None,
+        detach: Literal[False] = False,
         **options: Unpack[CallOptions],
-    ) -> ExecOutput:
-        """Run ``command`` in a running workspace and wait for it (output capped: ``truncated``)."""
+    ) -> ExecOutput: ...
+
+    @overload
+    async def exec(
+        self,
+        workspace_id: str,
+        command: builtins.list[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        user: str | None = None,
+        working_dir: str | None = None,
+        timeout_s: float | None = None,
+        detach: Literal[True],
+        **options: Unpack[CallOptions],
+    ) -> str: ...
+
+    async def exec(
+        self,
+        workspace_id: str,
+        command: builtins.list[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        user: str | None = None,
+        working_dir: str | None = None,
+        timeout_s: float | None = None,
+        detach: bool = False,
+        **options: Unpack[CallOptions],
+    ) -> ExecOutput | str:
+        """Run ``command`` in a running workspace and wait for it (output capped: ``truncated``).
+        With ``detach=True``: start it and return its exec id at once (its output is not kept;
+        it runs until it ends, also across worker restarts)."""
+        payload = _fields(
+            workspace_id=workspace_id,
+            command=list(command),
+            env=dict(env) if env is not None else None,
+            user=user,
+            working_dir=working_dir,
+            timeout_s=timeout_s,
+            detach=detach or None,
+        )
+        if timeout_s is not None and "timeout" not in options and not detach:
+            options = {**options, "timeout": max(self._client.timeout, timeout_s + 30)}
+        out = await self._client._typed(ExecOutput, "workspace.exec", payload, options)
+        if detach:
+            assert out.exec_id is not None, "a detached exec answers with its exec_id"
+            return out.exec_id
+        return out
+
+    def exec_stream(
+        self,
+        workspace_id: str,
+        command: builtins.list[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        user: str | None = None,
+        working_dir: str | None = None,
+        timeout_s: float | None = None,
+        host: str | None = None,
+        command_id: str | None = None,
+        deadline: float | datetime | timedelta | None = None,
+        timeout: float | None = None,
+    ) -> ExecStream:
+        """Run ``command`` with its output streamed: ``async for chunk in ...`` yields each
+        :class:`~dockhand.schemas.results.ExecOutputChunk` as it is produced, then the stream's
+        ``result`` is the :class:`ExecOutput` (stdout/stderr empty). Sent once, not retried."""
         payload = _fields(
             workspace_id=workspace_id,
             command=list(command),
@@ -179,9 +249,9 @@ class Workspaces(_Resource):
             working_dir=working_dir,
             timeout_s=timeout_s,
         )
-        if timeout_s is not None and "timeout" not in options:
-            options = {**options, "timeout": max(self._client.timeout, timeout_s + 30)}
-        return await self._client._typed(ExecOutput, "workspace.exec", payload, options)
+        if timeout is None:
+            timeout = max(self._client.timeout, (timeout_s if timeout_s is not None else 60.0) + 30)
+        return self._client.exec_stream(payload, host=host, command_id=command_id, deadline=deadline, timeout=timeout)
 
     async def logs(
         self,
@@ -196,6 +266,37 @@ class Workspaces(_Resource):
             workspace_id=workspace_id, tail=tail, since=since.isoformat().replace("+00:00", "Z") if since else None
         )
         return await self._client._typed(LogLines, "workspace.logs", payload, options)
+
+    async def put_files(
+        self,
+        workspace_id: str,
+        files: Mapping[str, bytes | Path] | Iterable[tuple[str, bytes | Path]],
+        *,
+        mode: int | None = None,
+        **options: Unpack[CallOptions],
+    ) -> FilesWritten:
+        """Write files into a workspace (running or stopped; parent directories are made):
+        ``{"/abs/path": b"bytes" or Path("local/file")}``. ``mode``: for every file; else a local
+        file's permission bits, and 0644 for bytes."""
+        items = files.items() if isinstance(files, Mapping) else files
+        specs: builtins.list[dict[str, Any]] = []
+        for path, source in items:
+            if isinstance(source, Path):
+                data, bits = source.read_bytes(), source.stat().st_mode & 0o777
+            else:
+                data, bits = bytes(source), None
+            file_mode = mode if mode is not None else bits
+            specs.append(_fields(path=path, content=base64.b64encode(data).decode(), mode=file_mode))
+        payload = {"workspace_id": workspace_id, "files": specs}
+        return await self._client._typed(FilesWritten, "workspace.put_files", payload, options)
+
+    async def get_file(
+        self, workspace_id: str, path: str, *, max_bytes: int | None = None, **options: Unpack[CallOptions]
+    ) -> FileContent:
+        """Read one file of a workspace (at most ``max_bytes``, default 1 MiB, capped by the
+        worker's DOCKHAND_MAX_FILE_BYTES: then ``truncated``); its bytes are ``.data``."""
+        payload = _fields(workspace_id=workspace_id, path=path, max_bytes=max_bytes)
+        return await self._client._typed(FileContent, "workspace.get_file", payload, options)
 
 
 class Networks(_Resource):

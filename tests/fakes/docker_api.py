@@ -62,12 +62,15 @@ error answer on a route, for retry and rollback tests.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
+import io
 import json
 import posixpath
 import re
 import struct
+import tarfile
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -371,6 +374,8 @@ class FakeDocker:
         self.networks: dict[str, FakeNetwork] = {}
         self.volumes: dict[str, FakeVolume] = {}
         self.execs: dict[str, FakeExec] = {}
+        # container id -> (files: path -> (bytes, mode), directories); see _archive_put
+        self.filesystems: dict[str, tuple[dict[str, tuple[bytes, int]], set[str]]] = {}
         self.requests: list[FakeRequest] = []
         self.unrouted: list[FakeRequest] = []
         self.pull_auth: list[str | None] = []
@@ -598,6 +603,78 @@ class FakeDocker:
         clean = posixpath.normpath(path)
         return any(clean == p or clean.startswith(p.rstrip("/") + "/") for p in self.host_paths)
 
+    # --- archive (put_files / get_file) --------------------------------------------------
+    # A small model of each container's filesystem: regular files (bytes, mode) and
+    # directories. Answers as a 20.10.24 daemon does (taken from one): the PUT path must be an
+    # existing directory (404, "extraction point is not a directory" 500); a read-only root
+    # filesystem refuses every path outside a mount (500 "container rootfs is marked read-only");
+    # a member under a file is a 500 "Error processing tar file"; missing parents are created;
+    # GET answers a tar of the path with its stat in X-Docker-Container-Path-Stat, 404 if absent.
+
+    def _fs(self, c: FakeContainer) -> tuple[dict[str, tuple[bytes, int]], set[str]]:
+        state = self.filesystems.setdefault(c.id, ({}, {"/", "/bin", "/etc", "/tmp", "/root", "/var"}))
+        state[1].update(str(m.get("Destination")) for m in c.mounts if m.get("Destination"))
+        return state
+
+    async def _archive_put(self, request: web.Request, m: dict[str, str]) -> web.StreamResponse:
+        c = self.find_container(m["id"])
+        files, dirs = self._fs(c)
+        root = request.query.get("path", "")
+        if root not in dirs:
+            if root in files:
+                raise DockerAPIError(500, "extraction point is not a directory")
+            raise DockerAPIError(404, f"Could not find the file {root} in container {m['id']}")
+        mounts = [str(x.get("Destination")) for x in c.mounts]
+        in_mount = any(root == p or root.startswith(p + "/") for p in mounts)
+        if c.host_config.get("ReadonlyRootfs") and not in_mount:
+            raise DockerAPIError(500, "container rootfs is marked read-only")
+        try:
+            with tarfile.open(fileobj=io.BytesIO(await request.read()), mode="r:") as tar:
+                members = [(tm, tar.extractfile(tm).read() if tm.isreg() else b"") for tm in tar]  # type: ignore[union-attr]
+        except tarfile.TarError as exc:
+            raise DockerAPIError(500, f"Error processing tar file(exit status 1): {exc}") from None
+        for tm, data in members:
+            path = posixpath.normpath(posixpath.join(root, tm.name))
+            parents = [posixpath.dirname(path)]
+            while parents[-1] != "/":
+                parents.append(posixpath.dirname(parents[-1]))
+            blocked = next((p for p in parents if p in files), None)
+            if blocked is not None:
+                raise DockerAPIError(500, f"Error processing tar file(exit status 1): open {path}: not a directory")
+            if tm.isdir():
+                dirs.add(path)
+            elif path in dirs:
+                raise DockerAPIError(500, f"cannot overwrite directory {path!r} with non-directory {path!r}")
+            else:
+                files[path] = (data, tm.mode & 0o7777)
+            dirs.update(parents)
+        return web.Response(status=200)
+
+    async def _archive_get(self, request: web.Request, m: dict[str, str]) -> web.StreamResponse:
+        c = self.find_container(m["id"])
+        files, dirs = self._fs(c)
+        path = posixpath.normpath(request.query.get("path", "") or ".")
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            info = tarfile.TarInfo(posixpath.basename(path) or "/")
+            if path in files:
+                data, mode = files[path]
+                info.size, info.mode = len(data), mode
+                tar.addfile(info, io.BytesIO(data))
+                stat = {"name": info.name, "size": len(data), "mode": mode, "linkTarget": ""}
+            elif path in dirs:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+                stat = {"name": info.name, "size": 4096, "mode": (1 << 31) | 0o755, "linkTarget": ""}
+            else:
+                raise DockerAPIError(404, f"Could not find the file {path} in container {m['id']}")
+        header = base64.b64encode(json.dumps(stat).encode()).decode()
+        return web.Response(
+            body=out.getvalue(),
+            content_type="application/x-tar",
+            headers={"X-Docker-Container-Path-Stat": header},
+        )
+
     # --- HTTP plumbing ------------------------------------------------------------------
 
     def _register_routes(self) -> None:
@@ -615,6 +692,8 @@ class FakeDocker:
         r("DELETE", r"/containers/(?P<id>[^/]+)", "container.delete", self._container_delete)
         r("POST", r"/containers/(?P<id>[^/]+)/exec", "container.exec", self._exec_create)
         r("GET", r"/containers/(?P<id>[^/]+)/logs", "container.logs", self._container_logs)
+        r("PUT", r"/containers/(?P<id>[^/]+)/archive", "container.put_archive", self._archive_put)
+        r("GET", r"/containers/(?P<id>[^/]+)/archive", "container.get_archive", self._archive_get)
         r("POST", r"/exec/(?P<id>[^/]+)/start", "exec.start", self._exec_start)
         r("GET", r"/exec/(?P<id>[^/]+)/json", "exec.inspect", self._exec_inspect)
         r("GET", r"/networks", "network.list", self._network_list)
@@ -1287,6 +1366,9 @@ class FakeDocker:
         execution.pid = self._pid()
         output: asyncio.Queue[bytes | None] = asyncio.Queue()
         execution.task = asyncio.get_running_loop().create_task(self._run_exec(execution, output))
+        if (await _body(request, "ExecStartConfig")).get("Detach"):
+            # As dockerd: 200 with no body, the process runs on and its output is discarded.
+            return web.Response(status=200)
         response = web.StreamResponse(
             status=101,
             headers={"Content-Type": "application/vnd.docker.raw-stream", "Connection": "Upgrade", "Upgrade": "tcp"},

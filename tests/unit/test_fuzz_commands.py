@@ -232,6 +232,7 @@ def make_settings(*, tenancy: bool = False) -> Settings:
         state_dir=None,
         http_enabled=False,
         max_body_bytes=MAX_BODY,
+        max_file_bytes=4096,
         max_concurrency=4,
         docker_retry_attempts=2,
         allowed_bind_roots=[str(BIND_ROOT)],
@@ -447,6 +448,8 @@ def _pool_payload(type_: str) -> st.SearchStrategy[Any]:
                 "timeout_s": st.sampled_from([0.1, 5, 4e-10]),
                 "user": st.sampled_from(USERS),
                 "env": st.sampled_from([{}, {"A": "1"}]),
+                "stream": st.booleans(),  # without a reply_to (as here): rejected
+                "detach": st.booleans(),  # with stream: rejected; alone: answered at once
             },
         )
     if type_ == "workspace.logs":
@@ -477,6 +480,21 @@ def _pool_payload(type_: str) -> st.SearchStrategy[Any]:
         return st.fixed_dictionaries({"name": net})
     if type_ in {"image.pull", "image.inspect"}:
         return st.fixed_dictionaries({"image": st.sampled_from(IMAGES)})
+    if type_ == "workspace.put_files":
+        files = st.fixed_dictionaries(
+            {
+                # A file through a file (/tmp/a then /tmp/a/b), over a directory (/etc), traversal.
+                "path": st.sampled_from(["/tmp/a", "/d/x/y", "/tmp/a/b", "/etc/motd", "/etc", "/srv/../etc/x", "rel"]),
+                "content": st.sampled_from(["", "aGk=", "A" * 2000, "not base64"]),  # 3 x 2000: over the limit
+            },
+            optional={"mode": st.sampled_from([0o644, 0o755, 0o600, 0o4755])},
+        )
+        return st.fixed_dictionaries({"workspace_id": ws, "files": st.lists(files, min_size=1, max_size=3)})
+    if type_ == "workspace.get_file":
+        return st.fixed_dictionaries(
+            {"workspace_id": ws, "path": st.sampled_from(["/tmp/a", "/tmp", "/nope", "/d/x/y", "/a/../b"])},
+            optional={"max_bytes": st.sampled_from([0, 1, 10**12, -1])},
+        )
     return st.just({})
 
 
@@ -1220,6 +1238,27 @@ FOUND: list[Scenario] = [
     ),
     # ... and never announced: the dockhand.network label held the id that create was given.
     Scenario((_ws("ws1", "k3", network=SHARED_NET_ID, discovery={"domain": "app.example", "port": 80}),)),
+    # Not a found failure: a fixed tour of the archive routes (issue 13), so that the small ci
+    # budget always reaches them — a write, a write through a file, over a directory, on a
+    # read-only root, reads of a file, a directory, a missing path, a stopped workspace.
+    Scenario(
+        (
+            _ws("ws1", "m1"),
+            _ws("ro1", "m2", read_only=True, mounts=[{"type": "volume", "source": "ro1-data", "target": "/d"}]),
+            _msg(
+                "workspace.put_files", {"workspace_id": "ws1", "files": [{"path": "/tmp/a", "content": "aGk="}]}, "m3"
+            ),
+            _msg("workspace.put_files", {"workspace_id": "ws1", "files": [{"path": "/tmp/a/b", "content": ""}]}, "m4"),
+            _msg("workspace.put_files", {"workspace_id": "ws1", "files": [{"path": "/etc", "content": ""}]}, "m5"),
+            _msg("workspace.put_files", {"workspace_id": "ro1", "files": [{"path": "/x", "content": ""}]}, "m6"),
+            _msg("workspace.put_files", {"workspace_id": "ro1", "files": [{"path": "/d/x", "content": ""}]}, "m7"),
+            _msg("workspace.get_file", {"workspace_id": "ws1", "path": "/tmp/a", "max_bytes": 1}, "m8"),
+            _msg("workspace.get_file", {"workspace_id": "ws1", "path": "/tmp"}, "m9"),
+            _msg("workspace.get_file", {"workspace_id": "ws1", "path": "/nope"}, "m10"),
+            _msg("workspace.stop", {"workspace_id": "ws1", "timeout_s": 0}, "m11"),
+            _msg("workspace.get_file", {"workspace_id": "ws1", "path": "/tmp/a"}, "m12"),
+        )
+    ),
 ]
 """Scenarios the fuzzer found failing (and that now pass); each stays as an ``@example``."""
 

@@ -26,6 +26,6 @@ def test_documented_settings_exist() -> None:
 
 def test_every_command_type_is_listed() -> None:
     listed = set()
-    for family, verbs in re.findall(r"`([a-z]+)\.([a-z|]+)`", README):
+    for family, verbs in re.findall(r"`([a-z]+)\.([a-z_|]+)`", README):
         listed.update(f"{family}.{verb}" for verb in verbs.split("|"))
     assert listed >= COMMAND_TYPES, sorted(COMMAND_TYPES - listed)

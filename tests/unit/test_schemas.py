@@ -41,6 +41,8 @@ CONTRACT_TYPES = frozenset(
         "host.info",
     }
 )
+V1_1_TYPES = frozenset({"workspace.put_files", "workspace.get_file"})
+"""The v1.1 "Commands added" that this worker implements so far."""
 
 
 def _contract_path() -> Path | None:
@@ -106,7 +108,15 @@ def test_contract_type_table_matches_the_known_list() -> None:
     assert _types_from_contract(path.read_text(encoding="utf-8")) == CONTRACT_TYPES
 
 
-@pytest.mark.parametrize("command_type", sorted(CONTRACT_TYPES))
+def test_v1_1_types_are_in_the_contract_table() -> None:
+    path = _contract_path()
+    if path is None:
+        pytest.skip("contract.md not found (set DOCKHAND_CONTRACT)")
+    added = path.read_text(encoding="utf-8").split("### Commands added", 1)[1].split("\n\n", 2)[1]
+    assert {t for t in V1_1_TYPES if f"| `{t}` |" in added} == V1_1_TYPES
+
+
+@pytest.mark.parametrize("command_type", sorted(CONTRACT_TYPES | V1_1_TYPES))
 def test_every_contract_type_has_a_model_a_result_and_a_handler(command_type: str) -> None:
     assert command_type in COMMAND_TYPES
     assert command_type in RESULT_MODELS
@@ -114,9 +124,9 @@ def test_every_contract_type_has_a_model_a_result_and_a_handler(command_type: st
 
 
 def test_no_types_beyond_the_contract() -> None:
-    assert set(COMMAND_TYPES) == CONTRACT_TYPES
-    assert set(RESULT_MODELS) == CONTRACT_TYPES
-    assert set(HANDLERS) == CONTRACT_TYPES
+    assert set(COMMAND_TYPES) == CONTRACT_TYPES | V1_1_TYPES
+    assert set(RESULT_MODELS) == CONTRACT_TYPES | V1_1_TYPES
+    assert set(HANDLERS) == CONTRACT_TYPES | V1_1_TYPES
 
 
 # --- strictness -------------------------------------------------------------------------
