@@ -44,6 +44,7 @@ async def _restart(workers: WorkerFactory, worker: WorkerProcess, name: str) -> 
     return workers.start(name)
 
 
+@pytest.mark.fault  # 20 kill -9 trials: .ci/run runs it, a plain scripts/test skips it
 async def test_sigkill_mid_command_completes_exactly_once(
     workers: WorkerFactory, session_id: str, docker: aiodocker.Docker, test_image: str
 ) -> None:
