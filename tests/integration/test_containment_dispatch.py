@@ -14,6 +14,7 @@ import aiodocker
 import pytest
 
 from dockhand.worker import exec_kill
+from dockhand.worker.settings import Settings
 
 from .conftest import REGISTRY_PASSWORD, TEST_LABEL, Client, WorkerFactory, WorkerProcess, connect_client
 
@@ -114,7 +115,10 @@ async def test_control_characters_in_command_id_forge_no_log_line(client: Client
 
 async def test_oversize_body_with_a_readable_id_is_answered(client: Client) -> None:
     command_id = f"big-{uuid.uuid4().hex[:8]}"
-    raw = json.dumps({"command_id": command_id, "type": "host.info", "pad": "x" * (1024 * 1024)}).encode()
+    # Past the worker's limit, which by default is derived from DOCKHAND_MAX_FILE_BYTES (the session
+    # worker sets neither): the default settings' limit, plus some.
+    limit = Settings.model_construct().body_limit
+    raw = json.dumps({"command_id": command_id, "type": "host.info", "pad": "x" * (limit + 1024)}).encode()
     message_id = uuid.uuid4().hex
     reply = await client.reply(await client.publish(raw, _key(client, "host.info"), message_id=message_id), timeout=15)
     assert reply["status"] == "rejected"

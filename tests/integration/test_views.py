@@ -242,7 +242,11 @@ async def test_hosts_view_sees_a_worker_up_and_then_stale(workers: WorkerFactory
         await view.wait_for(lambda v: host in v.up(), timeout=15)
         state = view.host(host)
         assert state is not None
-        assert (state.role, state.status) == ("active", "healthy")
+        assert state.role == "active"
+        # The worker's own status word, whatever it is: on a loaded machine a healthy worker may
+        # report "degraded" (slow Docker answers); what is tested here is up, then stale.
+        assert state.status == state.heartbeat.status
+        assert state.status in {"healthy", "degraded"}
         assert state.worker_id
         assert state.heartbeat.host_id == host
         assert [w.host_id for w in view.workers()] == [host]
