@@ -17,9 +17,10 @@ same command id (:class:`Retry`), and a result that is not ``succeeded`` raises 
 
 from dockhand.schemas import Result
 
-from ._client import ALL, ANY, DEFAULT_URL, Client, Retry, expires_at, parse_result
+from ._client import ALL, ANY, DEFAULT_URL, Client, Retry, expires_at
 from ._commands import CallOptions, WorkspaceFields
 from ._events import EVENT_FAMILIES, Event, OtherEvent, bindings, parse_event
+from ._parse import parse_result
 from ._stream import ExecStream
 from .errors import (
     BrokerUnavailable,

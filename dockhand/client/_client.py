@@ -25,7 +25,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import aio_pika
 import aio_pika.abc
@@ -44,6 +44,7 @@ from dockhand.schemas import COMMAND_ADAPTER, COMMAND_TYPES, RESULT_MODELS, Resu
 
 from ._commands import Discovery, Host, Images, Networks, Workspaces, to_wire
 from ._events import EVENT_FAMILIES, Event, bindings, parse_event
+from ._parse import M, _lenient, parse_result
 from ._stream import EXEC_OUTPUT_TYPE, ExecStream
 from .errors import (
     ERRORS_BY_STATUS,
@@ -61,8 +62,6 @@ ANY = "any"
 """Target: one worker of any host (the result's ``host_id`` says which)."""
 ALL = "all"
 """Target: every host (:meth:`Client.request_all`)."""
-
-M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -127,30 +126,6 @@ def expires_at(deadline: float | datetime | timedelta | None) -> datetime | None
         return deadline
     span = deadline if isinstance(deadline, timedelta) else timedelta(seconds=deadline)
     return datetime.now(UTC) + span
-
-
-def _lenient(model: type[M], data: Any) -> M:
-    """``data`` as ``model``, ignoring fields this version does not know: a newer worker may add
-    fields (contract: fields may be added), and the wire models forbid unknown ones."""
-    for _ in range(8):
-        try:
-            return model.model_validate(data, strict=False)  # JSON data: times arrive as strings
-        except ValidationError as err:
-            extras = [e["loc"] for e in err.errors() if e["type"] == "extra_forbidden"]
-            if not extras or len(extras) != err.error_count():
-                raise
-            for loc in extras:
-                node = data
-                for part in loc[:-1]:
-                    node = node[part]
-                node.pop(loc[-1], None)
-    return model.model_validate(data, strict=False)
-
-
-def parse_result(body: bytes | str | Mapping[str, Any]) -> Result:
-    """A reply body as a :class:`~dockhand.schemas.Result` (unknown fields ignored)."""
-    data = json.loads(body) if isinstance(body, bytes | str) else dict(body)
-    return _lenient(Result, data)
 
 
 class Client:
@@ -426,8 +401,8 @@ class Client:
     ) -> list[Result]:
         """Send one command to every host (target ``all``) and collect one result per host: until
         ``timeout``, or until every host in ``expect`` (e.g. ``HostsView.up()``) has answered."""
-        body = self.command(command_type, payload, command_id=command_id, deadline=deadline)
-        return [parse_result(raw) for raw in await self._collect_all(body, timeout, set(expect or ()))]
+        body, encoded = self._command(command_type, payload, command_id, deadline)
+        return [parse_result(raw) for raw in await self._collect_all(body, encoded, timeout, set(expect or ()))]
 
     async def request_raw(
         self,
@@ -442,12 +417,12 @@ class Client:
     ) -> list[bytes]:
         """The reply bodies exactly as the workers sent them (one, or one per host for ``all``),
         for tools that relay them; an empty list when none came in time."""
-        body = self.command(command_type, payload, command_id=command_id, deadline=deadline)
+        body, encoded = self._command(command_type, payload, command_id, deadline)
         target = self._target(host)
         if target == ALL:
-            return await self._collect_all(body, timeout if timeout is not None else 5.0, set())
+            return await self._collect_all(body, encoded, timeout if timeout is not None else 5.0, set())
         try:
-            return [await self._call(body, target, timeout, retry)]
+            return [await self._call(body, target, timeout, retry, encoded)]
         except ReplyTimeout:
             return []
 
@@ -578,7 +553,7 @@ class Client:
                 "queue): check the host id and the exchange prefix"
             ) from err
 
-    async def _collect_all(self, body: dict[str, Any], timeout: float, expect: set[str]) -> list[bytes]:
+    async def _collect_all(self, body: dict[str, Any], encoded: bytes, timeout: float, expect: set[str]) -> list[bytes]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         correlation_id = uuid.uuid4().hex
@@ -588,9 +563,7 @@ class Client:
         try:
             link = await self._get_link()
             try:
-                await self._publish(
-                    link, json.dumps(body).encode(), f"{ALL}.{body['type']}", correlation_id, body["command_id"]
-                )
+                await self._publish(link, encoded, f"{ALL}.{body['type']}", correlation_id, body["command_id"])
             except ChannelAccessRefused as err:  # as _call says it: the user may not publish there
                 raise BrokerUnavailable(f"RabbitMQ refused: {_reason(err)}", transient=False) from err
             while not (expect and expect <= replies.keys()):

@@ -11,6 +11,8 @@ from pydantic import ValidationError
 
 from dockhand.schemas import ContainerEvent, DiscoveryEvent, DiscoverySnapshot, Heartbeat, NetworkEvent
 
+from ._parse import _lenient
+
 EVENT_FAMILIES = ("container", "network", "discovery", "workspace")
 """The families of ``<prefix>.events`` (the routing key's second word); ``health`` is heartbeats."""
 
@@ -51,8 +53,6 @@ def bindings(hosts: Iterable[str] | None, kinds: Iterable[str]) -> list[tuple[st
 
 def parse_event(routing_key: str, body: bytes) -> Event:
     """The model for one message of ``<prefix>.events`` or ``<prefix>.health``."""
-    from ._client import _lenient  # the same forward-compatible parsing as results
-
     try:
         data = json.loads(body)
     except ValueError:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from dockhand.schemas.results import ExecOutput, ExecOutputChunk
 
+from ._parse import _lenient
 from .errors import ReplyTimeout
 
 if TYPE_CHECKING:
@@ -77,8 +78,6 @@ class ExecStream:
         return self.result
 
     async def _run(self) -> AsyncGenerator[ExecOutputChunk]:
-        from ._client import _lenient
-
         client = self._client
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout

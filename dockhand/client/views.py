@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from dockhand.schemas import DiscoveryEvent, DiscoverySnapshot, Heartbeat, Service
 
+from ._events import bindings, parse_event
 from .errors import DockhandError
 
 if TYPE_CHECKING:
@@ -172,8 +173,6 @@ class DiscoveryView(_View):
     # --- following ---------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        from ._events import bindings, parse_event
-
         pairs = bindings(self.hosts, ["discovery"])
         async for message in self._client.subscribe(pairs, on_connect=self._resync_all):
             event = parse_event(message.routing_key or "", message.body)
@@ -354,8 +353,6 @@ class HostsView(_View):
                         await self._changed.wait()
 
     async def _run(self) -> None:
-        from ._events import bindings, parse_event
-
         if self.first_wait_s <= 0:
             self._ready.set()
         else:

@@ -27,7 +27,7 @@ from dockhand.client import (
     parse_event,
     parse_result,
 )
-from dockhand.client._client import _lenient
+from dockhand.client._parse import _lenient
 from dockhand.client.errors import DockhandError
 from dockhand.schemas import ContainerEvent, DiscoveryEvent, DiscoverySnapshot, Heartbeat, Result, Service
 from dockhand.schemas.commands import ImagePull, RegistryAuth
