@@ -117,9 +117,15 @@ async def test_host_any_and_all_routing(fleet: Fleet) -> None:
 async def test_standby_takes_over_within_5_s_and_the_in_flight_command_completes_once(fleet: Fleet) -> None:
     client = fleet.client
     mine = lambda b: b["host_id"] == fleet.a.host_id  # noqa: E731
-    # Exactly one of host A's workers is the active one for events.
-    beats = await fleet.log.wait_for("heartbeat", mine, count=2, timeout=15)
-    roles = {b["worker_id"]: b["role"] for b in fleet.log.select("heartbeat", mine)}
+    # Exactly one of host A's workers is the active one for events. A worker's first heartbeat
+    # can precede its winning the leader lock (it is then honestly "standby"): wait until the
+    # lock is held and both workers have been heard, and take each one's latest heartbeat.
+    await fleet.log.wait_for("heartbeat", lambda b: mine(b) and b["role"] == "active", timeout=15)
+    deadline = time.monotonic() + 15
+    while len({b["worker_id"] for b in fleet.log.select("heartbeat", mine)}) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    beats = fleet.log.select("heartbeat", mine)
+    roles = {b["worker_id"]: b["role"] for b in beats}
     assert sorted(roles.values()) == ["active", "standby"], roles
     active_id = next(w for w, r in roles.items() if r == "active")
     assert beats
