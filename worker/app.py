@@ -16,7 +16,15 @@ from faststream.rabbit.schemas import Channel
 from faststream.security import BaseSecurity
 from faststream.specification import AsyncAPI
 
-from dockhand.schemas import ContainerEvent, DiscoveryEvent, DiscoverySnapshot, Heartbeat, NetworkEvent, Result
+from dockhand.schemas import (
+    ContainerEvent,
+    DiscoveryEvent,
+    DiscoverySnapshot,
+    Heartbeat,
+    NetworkEvent,
+    Result,
+    WireModel,
+)
 from dockhand.schemas.results import ExecOutputChunk
 
 from . import __version__, tls
@@ -29,7 +37,7 @@ from .health import HealthMonitor
 from .labels import Labels
 from .leadership import Leadership
 from .policy import Policy
-from .publishing import EventSequencer, Publisher
+from .publishing import EventSequencer, Publish, Publisher
 from .settings import Settings
 from .telemetry import Telemetry, from_environment
 from .topology import Topology
@@ -62,14 +70,10 @@ def _document_outputs(broker: RabbitBroker, topology: Topology, host: str) -> No
         )
 
 
-def create_app(settings: Settings | None = None, telemetry: Telemetry | None = None) -> FastStream:
-    """Build the worker for one configuration (``python -m dockhand.worker`` runs it)."""
-    settings = settings or Settings()
-    telemetry = telemetry or from_environment(settings)
-    topology = Topology(settings)
+def _broker(settings: Settings, telemetry: Telemetry) -> RabbitBroker:
     # FastStream's own per-message "Received/Processed" lines go to DEBUG: our log has one
     # line per command outcome instead.
-    broker = RabbitBroker(
+    return RabbitBroker(
         settings.amqp_url,
         # amqps://: verified with the settings' CA and client certificate (worker/tls.py).
         security=BaseSecurity(ssl_context=settings.amqp_ssl_context) if settings.amqp_ssl_context else None,
@@ -83,166 +87,208 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
         ],
         on_reconnected=[lambda _: telemetry.broker_reconnects.add(1)],
     )
-    publisher = Publisher(broker)
-    dispatcher = Dispatcher(settings, topology, publisher, telemetry)
-    labels = Labels(settings.label_prefix, settings.discovery_label_prefix)
-    background: dict[str, Any] = {}
-    telemetry.observe(
-        "dockhand.commands.in_flight", "Commands running now", "{command}", lambda: dispatcher.counters.in_flight
-    )
 
-    def counted(publish: Any) -> Any:
-        async def publish_and_count(routing_key: str, model: Any) -> None:
+
+def _docker_client(settings: Settings) -> tuple[aiodocker.Docker, aiohttp.BaseConnector | None]:
+    """The Docker client, and its connector when it is ours to close."""
+    # A bound for ordinary API calls; aiodocker leaves stop/pull/logs/exec unbounded, and
+    # those carry their own limits (stop timeout, pull and exec timeouts).
+    timeout = aiohttp.ClientTimeout(total=settings.docker_timeout_s, connect=10)
+    # A TCP endpoint gets our own connector, so that TLS is exactly what the settings say
+    # (aiodocker would otherwise consult DOCKER_TLS_VERIFY / DOCKER_CERT_PATH by itself).
+    endpoint = settings.docker_endpoint
+    tls.warn_plaintext(endpoint)
+    connector = endpoint.connector()
+    return aiodocker.Docker(url=endpoint.url, connector=connector, timeout=timeout), connector
+
+
+class Runtime:
+    """One worker process: its broker, dispatcher, Docker client and background jobs.
+
+    The life of a worker, in order: :meth:`lifespan` opens the HTTP endpoints and the Docker
+    client; :meth:`start_background` (after the broker connects) declares the topology and
+    campaigns for the host's leader lock; :meth:`activate` / :meth:`stand_by` follow the lock;
+    :meth:`drain` (on shutdown) stops consuming and lets running commands finish.
+    """
+
+    def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
+        self.settings = settings
+        self.telemetry = telemetry
+        self.topology = Topology(settings)
+        self.broker = _broker(settings, telemetry)
+        self.publisher = Publisher(self.broker)
+        self.dispatcher = Dispatcher(settings, self.topology, self.publisher, telemetry)
+        self.labels = Labels(settings.label_prefix, settings.discovery_label_prefix)
+        # Every publisher on the events exchange shares one sequencer: one counter per family.
+        self.sequencer = EventSequencer()
+        self.http: Endpoints | None = None
+        self.stream: EventStream | None = None
+        self.health: HealthMonitor | None = None
+        self.leadership: Leadership | None = None
+        telemetry.observe(
+            "dockhand.commands.in_flight",
+            "Commands running now",
+            "{command}",
+            lambda: self.dispatcher.counters.in_flight,
+        )
+        self._subscribe()
+        _document_outputs(self.broker, self.topology, settings.host_id)
+
+    def app(self) -> FastStream:
+        """The FastStream application that runs this worker."""
+        app = FastStream(
+            self.broker,
+            lifespan=self.lifespan,
+            after_startup=[self.start_background],
+            on_shutdown=[self.drain],
+            logger=log,
+            specification=AsyncAPI(
+                title="dockhand",
+                version=__version__,
+                description="Run Docker through RabbitMQ: commands in; results, events and heartbeats out. "
+                "Contract: shared/contract.md.",
+            ),
+        )
+        app.context.set_global("dispatcher", self.dispatcher)
+        app.context.set_global("runtime", self)
+        return app
+
+    def _subscribe(self) -> None:
+        async def on_command(message: Any) -> None:
+            self.dispatcher.submit(message.body, message)
+
+        for queue, description in (
+            (self.topology.host_queue, f"Commands for host {self.settings.host_id} (bound `<host>.#` and `all.#`)"),
+            (self.topology.any_queue, "Commands any host may take (bound `any.#`)"),
+        ):
+            self.broker.subscriber(
+                queue,
+                self.topology.commands,
+                ack_policy=AckPolicy.MANUAL,
+                # Bounded backlog per queue; the concurrency itself is the dispatcher's semaphore.
+                channel=Channel(prefetch_count=self.settings.prefetch),
+                decoder=_as_is,
+                no_reply=True,
+                title=queue.name,
+                description=description,
+            )(on_command)
+
+    def _counted(self, publish: Publish) -> Publish:
+        async def publish_and_count(routing_key: str, model: WireModel) -> None:
             await publish(routing_key, model)
-            telemetry.events.add(1, {"type": getattr(model, "type", "unknown")})
+            self.telemetry.events.add(1, {"type": getattr(model, "type", "unknown")})
 
         return publish_and_count
 
-    async def on_command(message: Any) -> None:
-        dispatcher.submit(message.body, message)
-
-    for queue, description in (
-        (topology.host_queue, f"Commands for host {settings.host_id} (bound `<host>.#` and `all.#`)"),
-        (topology.any_queue, "Commands any host may take (bound `any.#`)"),
-    ):
-        broker.subscriber(
-            queue,
-            topology.commands,
-            ack_policy=AckPolicy.MANUAL,
-            # Bounded backlog per queue; the concurrency itself is the dispatcher's semaphore.
-            channel=Channel(prefetch_count=settings.prefetch),
-            decoder=_as_is,
-            no_reply=True,
-            title=queue.name,
-            description=description,
-        )(on_command)
-    _document_outputs(broker, topology, settings.host_id)
-
     @asynccontextmanager
-    async def lifespan() -> AsyncIterator[None]:
-        if settings.http_enabled:
+    async def lifespan(self) -> AsyncIterator[None]:
+        """HTTP endpoints and the Docker client, for the life of the broker connection."""
+        if self.settings.http_enabled:
             # First, before any connection: a port that is taken ends the start-up with one line.
-            http = Endpoints(settings.http_host, settings.http_port, readiness)
+            http = Endpoints(self.settings.http_host, self.settings.http_port, self.readiness)
             try:
                 await http.start()
             except HttpPortError as exc:
-                telemetry.shutdown()
+                self.telemetry.shutdown()
                 raise SystemExit(f"dockhand: {exc}") from None
-            background["http"] = http
-        # A bound for ordinary API calls; aiodocker leaves stop/pull/logs/exec unbounded, and
-        # those carry their own limits (stop timeout, pull and exec timeouts).
-        timeout = aiohttp.ClientTimeout(total=settings.docker_timeout_s, connect=10)
-        # A TCP endpoint gets our own connector, so that TLS is exactly what the settings say
-        # (aiodocker would otherwise consult DOCKER_TLS_VERIFY / DOCKER_CERT_PATH by itself).
-        endpoint = settings.docker_endpoint
-        tls.warn_plaintext(endpoint)
-        connector = endpoint.connector()
-        docker = aiodocker.Docker(url=endpoint.url, connector=connector, timeout=timeout)
+            self.http = http
+        docker, connector = _docker_client(self.settings)
         try:
-            dispatcher.ops = DockerOps(docker, settings, labels, Policy(settings, labels), telemetry)
+            policy = Policy(self.settings, self.labels)
+            self.dispatcher.ops = DockerOps(docker, self.settings, self.labels, policy, self.telemetry)
             yield
         finally:
             # The broker is already stopped here: FastStream stops it inside the lifespan.
-            if "http" in background:
-                await background["http"].stop()
+            if self.http is not None:
+                await self.http.stop()
             await docker.close()
             if connector is not None:  # ours, not aiodocker's: it closes only what it made
                 await connector.close()
-            dispatcher.store.close()
-            telemetry.shutdown()
+            self.dispatcher.store.close()
+            self.telemetry.shutdown()
 
-    async def readiness() -> dict[str, bool]:
-        health: HealthMonitor | None = background.get("health")
+    async def readiness(self) -> dict[str, bool]:
+        """What the readiness endpoint reports: the broker answers, Docker is reachable."""
         return {
-            "broker": await broker.ping(timeout=1.0),
-            "docker": health is not None and health.docker.reachable,
+            "broker": await self.broker.ping(timeout=1.0),
+            "docker": self.health is not None and self.health.docker.reachable,
         }
 
-    async def start_background() -> None:
-        await topology.declare(broker)
-        ops = dispatcher.ops
-        assert ops is not None
-        # Every publisher on the events exchange shares one sequencer: one counter per family.
-        sequencer = EventSequencer()
+    async def start_background(self) -> None:
+        """Declare the topology, build the event stream and heartbeat, campaign for the lock."""
+        await self.topology.declare(self.broker)
+        ops = self.dispatcher.ops
+        assert ops is not None, "the lifespan sets the Docker operations before start-up ends"
         discovery = Discovery(
             ops,
-            counted(publisher.to(topology.events, message_type="dockhand.discovery", sequencer=sequencer)),
-            require_healthy=settings.discovery_require_healthy,
+            self._counted(self._events("dockhand.discovery")),
+            require_healthy=self.settings.discovery_require_healthy,
         )
-        stream = EventStream(
+        self.stream = stream = EventStream(ops, self.settings, discovery, self._counted(self._events("dockhand.event")))
+        self.health = HealthMonitor(
             ops,
-            settings,
-            discovery,
-            counted(publisher.to(topology.events, message_type="dockhand.event", sequencer=sequencer)),
-        )
-        health = HealthMonitor(
-            ops,
-            settings,
-            dispatcher.counters,
+            self.settings,
+            self.dispatcher.counters,
             stream.state,
-            publisher.to(topology.health, message_type="dockhand.heartbeat"),
+            self.publisher.to(self.topology.health, message_type="dockhand.heartbeat"),
             __version__,
         )
-        telemetry.observe("dockhand.events.lag", "Docker event to processing", "ms", lambda: stream.state.lag_ms)
-
-        async def activate() -> None:
-            dispatcher.active = True
-            for subscriber in broker.subscribers:
-                await subscriber.start()
-            # This worker now publishes the host's events: a new epoch, so that consumers resync
-            # (another worker, or this one before it stood down, may have published meanwhile).
-            sequencer.new_epoch()
-            stream.start()
-
-        async def stand_by() -> None:
-            dispatcher.active = False
-            for subscriber in broker.subscribers:
-                await subscriber.stop()
-            await stream.stop()
-
+        self.telemetry.observe("dockhand.events.lag", "Docker event to processing", "ms", lambda: stream.state.lag_ms)
         # One active worker per host: the leader consumes commands (host and `any` queues) and
         # publishes events; standbys wait. Subscribers started with the broker stop until then.
-        for subscriber in broker.subscribers:
+        for subscriber in self.broker.subscribers:
             await subscriber.stop()
-        leadership = Leadership(
-            settings.amqp_url,
-            topology.leader_lock,
-            on_elected=activate,
-            on_demoted=stand_by,
-            ssl_context=settings.amqp_ssl_context,
+        self.leadership = leadership = Leadership(
+            self.settings.amqp_url,
+            self.topology.leader_lock,
+            on_elected=self.activate,
+            on_demoted=self.stand_by,
+            ssl_context=self.settings.amqp_ssl_context,
         )
-        health.is_leader = lambda: leadership.leader
-        background.update(stream=stream, health=health, leadership=leadership)
+        self.health.is_leader = lambda: leadership.leader
         leadership.start()
-        health.start()
+        self.health.start()
         log.info(
             "dockhand worker %s ready: host %s, queue %s, max concurrency %d",
-            settings.effective_worker_id,
-            settings.host_id,
-            topology.host_queue.name,
-            settings.max_concurrency,
+            self.settings.effective_worker_id,
+            self.settings.host_id,
+            self.topology.host_queue.name,
+            self.settings.max_concurrency,
         )
 
-    async def drain() -> None:
-        for subscriber in broker.subscribers:
-            await subscriber.stop()  # basic.cancel: no new deliveries, acks still work
-        await dispatcher.drain(settings.shutdown_grace_s)
-        for name in ("leadership", "stream", "health"):
-            if name in background:
-                await background[name].stop()
+    def _events(self, message_type: str) -> Publish:
+        return self.publisher.to(self.topology.events, message_type=message_type, sequencer=self.sequencer)
 
-    app = FastStream(
-        broker,
-        lifespan=lifespan,
-        after_startup=[start_background],
-        on_shutdown=[drain],
-        logger=log,
-        specification=AsyncAPI(
-            title="dockhand",
-            version=__version__,
-            description="Run Docker through RabbitMQ: commands in; results, events and heartbeats out. "
-            "Contract: shared/contract.md.",
-        ),
-    )
-    app.context.set_global("dispatcher", dispatcher)
-    return app
+    async def activate(self) -> None:
+        """This worker took the host's leader lock: consume commands, publish events."""
+        self.dispatcher.active = True
+        for subscriber in self.broker.subscribers:
+            await subscriber.start()
+        # This worker now publishes the host's events: a new epoch, so that consumers resync
+        # (another worker, or this one before it stood down, may have published meanwhile).
+        self.sequencer.new_epoch()
+        if self.stream is not None:
+            self.stream.start()
+
+    async def stand_by(self) -> None:
+        """Another worker holds the lock: stop consuming and publishing events."""
+        self.dispatcher.active = False
+        for subscriber in self.broker.subscribers:
+            await subscriber.stop()
+        if self.stream is not None:
+            await self.stream.stop()
+
+    async def drain(self) -> None:
+        """On shutdown: no new deliveries, running commands finish, background jobs stop."""
+        for subscriber in self.broker.subscribers:
+            await subscriber.stop()  # basic.cancel: no new deliveries, acks still work
+        await self.dispatcher.drain(self.settings.shutdown_grace_s)
+        for job in (self.leadership, self.stream, self.health):
+            if job is not None:
+                await job.stop()
+
+
+def create_app(settings: Settings | None = None, telemetry: Telemetry | None = None) -> FastStream:
+    """Build the worker for one configuration (``python -m dockhand.worker`` runs it)."""
+    settings = settings or Settings()
+    return Runtime(settings, telemetry or from_environment(settings)).app()

@@ -28,15 +28,16 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dockhand.schemas import DiscoveryEvent, DiscoverySnapshot, Service, WireModel, utcnow
+from dockhand.schemas import DiscoveryEvent, DiscoverySnapshot, Service, utcnow
 from dockhand.schemas.events import InvalidService
 
 from .docker_ops import DockerOps, parse_docker_time
 from .labels import Labels
+from .publishing import Publish
 
 log = logging.getLogger("dockhand.discovery")
 
@@ -49,8 +50,6 @@ _DISCOVERY_ACTIONS = frozenset({"start", "die", "stop", "destroy", "rename"})
 # A container known only from its event (already gone when inspected): it never outranks one
 # whose creation time is known.
 _UNKNOWN_CREATED = 2**62
-
-Publish = Callable[[str, WireModel], Awaitable[None]]
 
 
 class InvalidLabels(ValueError):

@@ -23,18 +23,20 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiohttp
 
-from dockhand.schemas import ContainerEvent, NetworkEvent, WireModel
+from dockhand.schemas import ContainerEvent, NetworkEvent
 from dockhand.schemas.events import ContainerRef, NetworkRef
 
+from .background import Background
 from .discovery import Discovery
 from .docker_ops import DockerOps
+from .publishing import Publish
 from .settings import Settings
 
 log = logging.getLogger("dockhand.events")
@@ -47,8 +49,6 @@ HEALTH_ACTIONS = frozenset({"health_status: healthy", "health_status: unhealthy"
 NETWORK_ACTIONS = frozenset({"create", "destroy", "connect", "disconnect"})
 _NOT_LABELS = frozenset({"name", "image", "exitCode", "signal", "execDuration"})
 _EVENT_ID_NAMESPACE = uuid.UUID("6f0b7c1e-3f64-4c1c-9c53-8a3a5f2f1d10")
-
-Publish = Callable[[str, WireModel], Awaitable[None]]
 
 
 @dataclass
@@ -88,10 +88,11 @@ def _event_key(event: dict[str, Any]) -> tuple[Any, ...]:
     return (event.get("timeNano"), event.get("Type"), event.get("Action"), actor.get("ID"))
 
 
-class EventStream:
+class EventStream(Background):
     """Reads Docker events, publishes them, and keeps :class:`Discovery` current."""
 
     def __init__(self, ops: DockerOps, settings: Settings, discovery: Discovery, publish: Publish) -> None:
+        super().__init__()
         self.ops = ops
         self.settings = settings
         self.discovery = discovery
@@ -103,7 +104,6 @@ class EventStream:
         self._recent_set: set[tuple[Any, ...]] = set()
         self._overflowed = False
         self._workspaces: dict[str, str] = {}
-        self._tasks: list[asyncio.Task[None]] = []
         self._ever_connected = False
         self._just_connected = False
         self.ready = asyncio.Event()
@@ -113,17 +113,12 @@ class EventStream:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self._tasks:
-            return
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._read_forever()), loop.create_task(self._process_forever())]
+    def _jobs(self) -> list[Coroutine[Any, Any, None]]:
+        return [self._read_forever(), self._process_forever()]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        """Stop reading and processing; a later start begins with a reconcile."""
+        await super().stop()
         self.state.set_connected(False)
         # A later start (re-elected leader) begins with a reconcile, not with stale events.
         while not self.queue.empty():

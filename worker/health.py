@@ -14,24 +14,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Literal
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal
 
-from dockhand.schemas import Heartbeat, Status, WireModel, utcnow
+from dockhand.schemas import Heartbeat, Status, utcnow
 from dockhand.schemas.health import CommandCounters, DockerHealth, EventStreamHealth
 
+from .background import Background
 from .dispatch import Counters
 from .docker_ops import DockerOps
 from .events import StreamState
+from .publishing import Publish
 from .settings import Settings
 
 log = logging.getLogger("dockhand.health")
 
-Publish = Callable[[str, WireModel], Awaitable[None]]
 HealthStatus = Literal["healthy", "degraded", "unhealthy"]
 
 
-class HealthMonitor:
+class HealthMonitor(Background):
     """Probes Docker, derives the status and publishes heartbeats."""
 
     def __init__(
@@ -43,6 +44,7 @@ class HealthMonitor:
         publish: Publish,
         version: str,
     ) -> None:
+        super().__init__()
         self.ops = ops
         self.settings = settings
         self.counters = counters
@@ -52,20 +54,14 @@ class HealthMonitor:
         self.status: HealthStatus | None = None
         self.docker = DockerHealth(reachable=True)
         self._started = time.monotonic()
-        self._task: asyncio.Task[None] | None = None
         self.is_leader: Callable[[], bool] = lambda: True
         # Set when Docker's availability or the stream's connection flips: probe and publish now.
         self._wake = asyncio.Event()
         ops.on_availability(lambda _available: self._wake.set())
         stream.listeners.append(self._wake.set)
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+    def _jobs(self) -> list[Coroutine[Any, Any, None]]:
+        return [self._run()]
 
     async def probe(self) -> DockerHealth:
         """One Docker probe; also switches fail-fast on or off for commands."""

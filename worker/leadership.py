@@ -15,15 +15,18 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import aio_pika
 from aiormq.exceptions import ChannelAccessRefused, ChannelLockedResource
 
+from .background import Background
+
 log = logging.getLogger("dockhand.leadership")
 
 
-class Leadership:
+class Leadership(Background):
     """Campaigns for the host's leader lock; calls ``on_elected``/``on_demoted`` on changes."""
 
     def __init__(
@@ -35,6 +38,7 @@ class Leadership:
         retry_s: float = 1.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        super().__init__()
         self._url = amqp_url
         self._ssl_context = ssl_context  # the broker's own (worker/tls.py), for amqps://
         self._lock_name = lock_name
@@ -43,15 +47,13 @@ class Leadership:
         self._retry_s = retry_s
         self.leader = False
         self._told_refused = False
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._campaign())
+    def _jobs(self) -> list[Coroutine[Any, Any, None]]:
+        return [self._campaign()]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Give up the campaign (and the lock, with its connection); demote if leading."""
+        await super().stop()
         if self.leader:
             self.leader = False
             await self._on_demoted()

@@ -18,6 +18,9 @@ log = logging.getLogger("dockhand.publish")
 if TYPE_CHECKING:
     from faststream.rabbit import RabbitBroker
 
+Publish = Callable[[str, WireModel], Awaitable[None]]
+"""A confirmed publish of one wire model under a routing key (results, events, heartbeats)."""
+
 
 class Publisher:
     """Confirmed, retried publishing of wire models (results, events, heartbeats)."""
@@ -46,7 +49,7 @@ class Publisher:
             with attempt:
                 await self.broker.publish(payload, mandatory=False, content_type="application/json", **options)
 
-    def to(self, exchange: RabbitExchange, *, message_type: str, sequencer: EventSequencer | None = None) -> Any:
+    def to(self, exchange: RabbitExchange, *, message_type: str, sequencer: EventSequencer | None = None) -> Publish:
         """A ``publish(routing_key, model)`` function for one exchange; with a ``sequencer``,
         every model is published with its ``seq`` and ``epoch`` (the events exchange)."""
 
@@ -91,9 +94,7 @@ class EventSequencer:
         log.info("event epoch %s: sequence numbers start again at 1", self.epoch)
         return self.epoch
 
-    async def publish(
-        self, routing_key: str, model: WireModel, send: Callable[[str, WireModel], Awaitable[None]]
-    ) -> None:
+    async def publish(self, routing_key: str, model: WireModel, send: Publish) -> None:
         """Number ``model`` within its family and hand it to ``send`` (a confirmed publish).
 
         Assigning and publishing happen under the family's lock, so the broker receives each

@@ -514,4 +514,4 @@ async def test_stop_is_not_lost_when_the_reader_is_woken_at_the_same_moment() ->
     stream._enqueue(Reconcile("resync"))  # ...and an item for the processor, then at once:
     async with asyncio.timeout(2):
         await stream.stop()
-    assert stream._tasks == []
+    assert not stream.running  # both tasks ended
