@@ -22,6 +22,17 @@ _EPOCH = (
 )
 
 
+class Event(WireModel):
+    """The fields every message on the events exchange shares."""
+
+    event_id: str
+    host_id: str
+    type: str
+    time: datetime
+    seq: int | None = Field(default=None, description=_SEQ)
+    epoch: str | None = Field(default=None, description=_EPOCH)
+
+
 class ContainerRef(WireModel):
     id: str
     name: str | None = None
@@ -30,17 +41,11 @@ class ContainerRef(WireModel):
     workspace_id: str | None = None
 
 
-class ContainerEvent(WireModel):
+class ContainerEvent(Event):
     """A Docker container event (``container.<action>``; health as ``container.health.<x>``)."""
 
-    event_id: str
-    host_id: str
-    type: str
-    time: datetime
     container: ContainerRef
     attributes: dict[str, Any] = Field(default_factory=dict)
-    seq: int | None = Field(default=None, description=_SEQ)
-    epoch: str | None = Field(default=None, description=_EPOCH)
 
 
 class NetworkRef(WireModel):
@@ -49,19 +54,13 @@ class NetworkRef(WireModel):
     type: str | None = None
 
 
-class NetworkEvent(WireModel):
+class NetworkEvent(Event):
     """A Docker network event (``network.create|destroy|connect|disconnect``)."""
 
-    event_id: str
-    host_id: str
-    type: str
-    time: datetime
     network: NetworkRef
     container_id: str | None = None
     workspace_id: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
-    seq: int | None = Field(default=None, description=_SEQ)
-    epoch: str | None = Field(default=None, description=_EPOCH)
 
 
 class InvalidService(WireModel):
@@ -69,28 +68,18 @@ class InvalidService(WireModel):
     container_name: str
 
 
-class DiscoveryEvent(WireModel):
+class DiscoveryEvent(Event):
     """A change of the discovered service set; ``invalid`` carries a reason instead of a service."""
 
-    event_id: str
-    host_id: str
     type: Literal["discovery.added", "discovery.removed", "discovery.updated", "discovery.invalid"]
-    time: datetime
     service: Service | None = None
     container: InvalidService | None = None
     reason: str | None = None
-    seq: int | None = Field(default=None, description=_SEQ)
-    epoch: str | None = Field(default=None, description=_EPOCH)
 
 
-class DiscoverySnapshot(WireModel):
+class DiscoverySnapshot(Event):
     """The whole current service set, so a consumer that missed messages can rebuild."""
 
-    event_id: str
-    host_id: str
     type: Literal["discovery.snapshot"] = "discovery.snapshot"
-    time: datetime
     services: list[Service]
     reason: Literal["startup", "resync", "periodic"]
-    seq: int | None = Field(default=None, description=_SEQ)
-    epoch: str | None = Field(default=None, description=_EPOCH)
