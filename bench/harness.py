@@ -603,7 +603,7 @@ _BUCKETS = {
     "  fast_depends Context field -> anyio worker thread": "run_in_threadpool",
     "Dispatcher._run (one command, after delivery)": "Dispatcher._run",
     "  Dispatcher._execute (handler, Result)": "Dispatcher._execute",
-    "    DockerOps.call (Docker request + retry + span)": "DockerOps.call",
+    "    DockerCalls.call (Docker request + retry + span)": "DockerCalls.call",
     "  Dispatcher._finish (publish result(s), ack)": "Dispatcher._finish",
     "    Publisher.confirmed": "Publisher.confirmed",
     "  ResultStore (SQLite journal)": "ResultStore.",

@@ -30,7 +30,7 @@ from dockhand.schemas.results import ExecOutputChunk
 from . import __version__, tls
 from .discovery import Discovery
 from .dispatch import Dispatcher
-from .docker_ops import DockerOps
+from .docker import DockerOps
 from .endpoints import Endpoints, HttpPortError
 from .events import EventStream
 from .health import HealthMonitor

@@ -35,7 +35,7 @@ from dockhand.schemas.events import ContainerRef, NetworkRef
 
 from .background import Background
 from .discovery import Discovery
-from .docker_ops import DockerOps
+from .docker import DockerOps
 from .publishing import Publish
 from .settings import Settings
 

@@ -31,119 +31,45 @@ from dockhand.schemas.commands import (
 from dockhand.schemas.results import ServiceList
 
 from . import discovery
-from .docker_ops import DockerOps
+from .docker import DockerOps
 
 P = TypeVar("P", bound=WireModel)
 Handler = Callable[[Any, DockerOps], Awaitable[WireModel]]
-HANDLERS: dict[str, Handler] = {}
 
 
-def handles(*types: str) -> Callable[[Callable[[P, DockerOps], Awaitable[WireModel]]], Handler]:
-    """Register a handler for one or more command types."""
-
-    def register(fn: Callable[[P, DockerOps], Awaitable[WireModel]]) -> Handler:
-        for name in types:
-            HANDLERS[name] = fn
-        return fn
-
-    return register
+def _on(payload: type[P], handler: Callable[[P, DockerOps], Awaitable[WireModel]]) -> Handler:
+    """A handler for commands whose payload is a ``payload`` (so the handler is type-checked)."""
+    return handler
 
 
-@handles("workspace.create")
-async def workspace_create(p: WorkspaceCreate, ops: DockerOps) -> WireModel:
-    return await ops.create_workspace(p)
-
-
-@handles("workspace.start")
-async def workspace_start(p: WorkspaceRef, ops: DockerOps) -> WireModel:
-    return await ops.start_workspace(p.workspace_id)
-
-
-@handles("workspace.stop")
-async def workspace_stop(p: WorkspaceStop, ops: DockerOps) -> WireModel:
-    return await ops.stop_workspace(p)
-
-
-@handles("workspace.restart")
-async def workspace_restart(p: WorkspaceStop, ops: DockerOps) -> WireModel:
-    return await ops.restart_workspace(p)
-
-
-@handles("workspace.remove")
-async def workspace_remove(p: WorkspaceRemove, ops: DockerOps) -> WireModel:
-    return await ops.remove_workspace(p)
-
-
-@handles("workspace.inspect")
-async def workspace_inspect(p: WorkspaceRef, ops: DockerOps) -> WireModel:
-    return await ops.inspect_workspace(p.workspace_id)
-
-
-@handles("workspace.list")
-async def workspace_list(p: WorkspaceListQuery, ops: DockerOps) -> WireModel:
-    return await ops.list_workspaces(p)
-
-
-@handles("workspace.exec")
-async def workspace_exec(p: WorkspaceExec, ops: DockerOps) -> WireModel:
-    return await ops.exec_workspace(p)
-
-
-@handles("workspace.logs")
-async def workspace_logs(p: WorkspaceLogs, ops: DockerOps) -> WireModel:
-    return await ops.workspace_logs(p)
-
-
-@handles("workspace.put_files")
-async def workspace_put_files(p: WorkspacePutFiles, ops: DockerOps) -> WireModel:
-    return await ops.put_files(p)
-
-
-@handles("workspace.get_file")
-async def workspace_get_file(p: WorkspaceGetFile, ops: DockerOps) -> WireModel:
-    return await ops.get_file(p)
-
-
-@handles("network.ensure")
-async def network_ensure(p: NetworkEnsure, ops: DockerOps) -> WireModel:
-    return await ops.ensure_network(p)
-
-
-@handles("network.connect")
-async def network_connect(p: NetworkConnect, ops: DockerOps) -> WireModel:
-    return await ops.connect_network(p.network, p.workspace_id, p.aliases)
-
-
-@handles("network.disconnect")
-async def network_disconnect(p: NetworkDisconnect, ops: DockerOps) -> WireModel:
-    return await ops.disconnect_network(p.network, p.workspace_id)
-
-
-@handles("network.remove")
-async def network_remove(p: NetworkRemove, ops: DockerOps) -> WireModel:
-    return await ops.remove_network(p.name)
-
-
-@handles("image.pull")
-async def image_pull(p: ImagePull, ops: DockerOps) -> WireModel:
-    return await ops.pull_image(p.image, p.registry_auth)
-
-
-@handles("image.inspect")
-async def image_inspect(p: ImageRef_, ops: DockerOps) -> WireModel:
-    return await ops.inspect_image(p.image)
-
-
-@handles("discovery.list")
-async def discovery_list(p: Empty, ops: DockerOps) -> WireModel:
+async def _discovery_list(p: Empty, ops: DockerOps) -> WireModel:
     return ServiceList(
         services=await discovery.list_services(ops, require_healthy=ops.settings.discovery_require_healthy)
     )
 
 
-@handles("host.info")
-async def host_info(p: Empty, ops: DockerOps) -> WireModel:
-    return await ops.host_info()
+HANDLERS: dict[str, Handler] = {
+    "workspace.create": _on(WorkspaceCreate, lambda p, ops: ops.workspaces.create(p)),
+    "workspace.start": _on(WorkspaceRef, lambda p, ops: ops.workspaces.start(p.workspace_id)),
+    "workspace.stop": _on(WorkspaceStop, lambda p, ops: ops.workspaces.stop(p)),
+    "workspace.restart": _on(WorkspaceStop, lambda p, ops: ops.workspaces.restart(p)),
+    "workspace.remove": _on(WorkspaceRemove, lambda p, ops: ops.workspaces.remove(p)),
+    "workspace.inspect": _on(WorkspaceRef, lambda p, ops: ops.workspaces.inspect(p.workspace_id)),
+    "workspace.list": _on(WorkspaceListQuery, lambda p, ops: ops.workspaces.query(p)),
+    "workspace.exec": _on(WorkspaceExec, lambda p, ops: ops.workspaces.exec(p)),
+    "workspace.logs": _on(WorkspaceLogs, lambda p, ops: ops.workspaces.logs(p)),
+    "workspace.put_files": _on(WorkspacePutFiles, lambda p, ops: ops.files.put(p)),
+    "workspace.get_file": _on(WorkspaceGetFile, lambda p, ops: ops.files.get(p)),
+    "network.ensure": _on(NetworkEnsure, lambda p, ops: ops.networks.ensure(p)),
+    "network.connect": _on(NetworkConnect, lambda p, ops: ops.networks.connect(p.network, p.workspace_id, p.aliases)),
+    "network.disconnect": _on(NetworkDisconnect, lambda p, ops: ops.networks.disconnect(p.network, p.workspace_id)),
+    "network.remove": _on(NetworkRemove, lambda p, ops: ops.networks.remove(p.name)),
+    "image.pull": _on(ImagePull, lambda p, ops: ops.images.pulled(p.image, p.registry_auth)),
+    "image.inspect": _on(ImageRef_, lambda p, ops: ops.images.inspect(p.image)),
+    "discovery.list": _discovery_list,
+    "host.info": _on(Empty, lambda p, ops: ops.host.info()),
+}
+"""Command type -> handler: each one payload in, one Docker operation (``ops.<resource>``) out."""
 
 
 def check_policy(command_type: str, payload: WireModel, ops: DockerOps) -> None:

@@ -21,11 +21,11 @@ from dockhand.schemas import Heartbeat, Status, utcnow
 from dockhand.schemas.health import CommandCounters, DockerHealth, EventStreamHealth
 
 from .background import Background
-from .dispatch import Counters
-from .docker_ops import DockerOps
+from .docker import DockerOps
 from .events import StreamState
 from .publishing import Publish
 from .settings import Settings
+from .settle import Counters
 
 log = logging.getLogger("dockhand.health")
 

@@ -6,12 +6,14 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import stamina
 from faststream.rabbit import RabbitExchange
 
 from dockhand.schemas import WireModel
+
+from .retry import once_then_retry
 
 log = logging.getLogger("dockhand.publish")
 
@@ -37,17 +39,13 @@ class Publisher:
 
         ``mandatory=False``: an exchange with no bound queue is not an error.
         """
-        attempts = self._attempts
-        if not stamina.is_testing():  # the first attempt without the retry machinery: it usually succeeds
-            try:
-                await self.broker.publish(payload, mandatory=False, content_type="application/json", **options)
-                return
-            except Exception as exc:
-                log.warning("publish failed (%s: %s); retrying", type(exc).__name__, exc)
-            attempts = attempts - 1 if attempts is not None else None
-        async for attempt in stamina.retry_context(on=Exception, attempts=attempts, timeout=self._timeout_s):
-            with attempt:
-                await self.broker.publish(payload, mandatory=False, content_type="application/json", **options)
+        await once_then_retry(
+            partial(self.broker.publish, payload, mandatory=False, content_type="application/json", **options),
+            on=Exception,
+            attempts=self._attempts,
+            budget_s=self._timeout_s,
+            first_failed=lambda exc: log.warning("publish failed (%s: %s); retrying", type(exc).__name__, exc),
+        )
 
     def to(self, exchange: RabbitExchange, *, message_type: str, sequencer: EventSequencer | None = None) -> Publish:
         """A ``publish(routing_key, model)`` function for one exchange; with a ``sequencer``,

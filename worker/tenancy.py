@@ -6,7 +6,7 @@ can be trusted as long as no sender's broker user carries the ``impersonator`` t
 
 The dispatcher puts the sender into :data:`SENDER` in the message's own context before the
 command runs (every message runs in a context of its own, see ``Dispatcher.submit``), and
-:class:`~worker.docker_ops.DockerOps` reads it where it stamps owner labels and checks
+:class:`~worker.docker.DockerOps` reads it where it stamps owner labels and checks
 ownership — so no handler signature has to carry it. Outside a command (discovery, start-up,
 background work) no sender is set: that is the worker itself, acting on everything.
 """

@@ -1,8 +1,8 @@
 """An in-memory Docker Engine for unit tests, spoken to over a real unix socket.
 
 :class:`FakeDocker` serves the subset of the Docker Engine API 1.41 that dockhand uses
-(``worker/docker_ops.py`` and ``worker/discovery.py``) from an aiohttp server on a unix
-socket, so the real ``aiodocker`` client — and :class:`~worker.docker_ops.DockerOps` on top of
+(``worker/docker/`` and ``worker/discovery.py``) from an aiohttp server on a unix
+socket, so the real ``aiodocker`` client — and :class:`~worker.docker.DockerOps` on top of
 it, unmodified — talk to it exactly as they talk to ``dockerd``::
 
     async with FakeDocker(tmp_path / "docker.sock") as fake:

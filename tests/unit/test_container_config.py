@@ -1,7 +1,7 @@
 """The container config a create sends (issue 10): hardening defaults, CPU floor, image labels
 under dockhand's prefixes neutralised, the port cap applied to the image's EXPOSE too.
 
-No Docker here: ``_container_config`` is pure. The integration tests
+No Docker here: ``container_config`` is pure. The integration tests
 (tests/integration/test_containment_create.py) check the same against the real daemon."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 
 from dockhand.schemas import ErrorCode, Status
 from dockhand.schemas.commands import WorkspaceCreate
-from dockhand.worker.docker_ops import DockerOps, ulimits
+from dockhand.worker.docker import DockerOps, ulimits
+from dockhand.worker.docker.container_config import Target, container_config, published_ports
 from dockhand.worker.errors import DockhandError
 from dockhand.worker.labels import Labels
 from dockhand.worker.policy import Policy
@@ -45,7 +46,8 @@ def _create(**payload: Any) -> WorkspaceCreate:
 
 def _config(p: WorkspaceCreate, image: dict[str, Any] | None = None, ops: DockerOps | None = None) -> dict[str, Any]:
     ops = ops or _ops()
-    return ops._container_config(p, image or _image(), "hash", "net", 4.0, "netid")
+    target = Target("net", "netid", 4.0, ops.managed_labels(), "hash")
+    return container_config(p, image or _image(), ops.settings, ops.labels, target)
 
 
 # --- hardening defaults -----------------------------------------------------------------------
@@ -191,7 +193,7 @@ def test_a_neutralised_project_label_reads_as_none() -> None:
         },
         "State": {"Status": "created"},
     }
-    workspace = ops.workspace(info)
+    workspace = ops.containers.workspace(info)
     assert workspace.project is None
     assert workspace.stage is None
     assert workspace.owner is None
@@ -203,11 +205,11 @@ def test_a_neutralised_project_label_reads_as_none() -> None:
 def test_image_expose_over_the_cap_is_refused() -> None:
     image = _image(ports=[f"{p}/tcp" for p in range(20000, 20300)])
     with pytest.raises(DockhandError, match=r"exposes 300 ports.*name the ones to publish in `ports`") as exc:
-        _ops().published_ports(_create(), image)
+        published_ports(_create(), image, "workspace ws1 on host-a")
     assert exc.value.code is ErrorCode.INVALID_COMMAND
     assert exc.value.status is Status.REJECTED
     # naming ports is the way out
-    assert _ops().published_ports(_create(ports=[20000]), image) == ["20000/tcp"]
+    assert published_ports(_create(ports=[20000]), image, "workspace ws1 on host-a") == ["20000/tcp"]
 
 
 def test_image_expose_at_the_cap_is_published() -> None:
@@ -217,5 +219,5 @@ def test_image_expose_at_the_cap_is_published() -> None:
 
 def test_image_expose_of_sctp_is_refused() -> None:
     with pytest.raises(DockhandError, match="sctp") as exc:
-        _ops().published_ports(_create(), _image(ports=["132/sctp", "80/tcp"]))
+        published_ports(_create(), _image(ports=["132/sctp", "80/tcp"]), "workspace ws1 on host-a")
     assert exc.value.code is ErrorCode.INVALID_COMMAND

@@ -16,7 +16,7 @@ import pytest
 
 from dockhand.schemas import ErrorCode
 from dockhand.schemas.commands import WorkspaceCreate, WorkspaceStop
-from dockhand.worker.docker_ops import DockerOps
+from dockhand.worker.docker import DockerOps
 from dockhand.worker.errors import DockhandError
 from dockhand.worker.labels import Labels
 from dockhand.worker.policy import Policy
@@ -60,7 +60,7 @@ def _create(**payload: Any) -> WorkspaceCreate:
 async def _fails(fake: FakeDocker, ops: DockerOps, payload: WorkspaceCreate, code: ErrorCode) -> DockhandError:
     before = fake.snapshot()
     with pytest.raises(DockhandError) as exc:
-        await ops.create_workspace(payload)
+        await ops.workspaces.create(payload)
     assert exc.value.code is code, exc.value
     assert fake.snapshot() == before, fake.describe(fake.snapshot() - before)
     return exc.value
@@ -110,13 +110,13 @@ async def test_a_forbidden_second_mount_makes_nothing(fake: FakeDocker, tmp_path
 async def test_an_adopted_leftover_that_cannot_start_is_kept(fake: FakeDocker, tmp_path: Path) -> None:
     ops = _ops(fake, tmp_path)
     leftover = _create(user="nosuchuser", start=False)
-    made = await ops.create_workspace(leftover)
+    made = await ops.workspaces.create(leftover)
     assert made.state == "created"
     before = fake.snapshot()
     for attempt in (
-        ops.create_workspace(_create(user="nosuchuser")),
-        ops.start_workspace("ws1"),
-        ops.restart_workspace(WorkspaceStop(workspace_id="ws1")),
+        ops.workspaces.create(_create(user="nosuchuser")),
+        ops.workspaces.start("ws1"),
+        ops.workspaces.restart(WorkspaceStop(workspace_id="ws1")),
     ):
         with pytest.raises(DockhandError) as exc:
             await attempt
@@ -142,11 +142,11 @@ async def test_binds_nesting_with_a_live_workspace_are_forbidden(fake: FakeDocke
     (tmp_path / "a" / "b").mkdir(parents=True)
     fake.host_paths.add(str(tmp_path))
     ops = _ops(fake, tmp_path)
-    await ops.create_workspace(_bind_create("ws1", tmp_path / "a", read_only=False))
+    await ops.workspaces.create(_bind_create("ws1", tmp_path / "a", read_only=False))
     for source, read_only in ((tmp_path / "a" / "b", True), (tmp_path, True), (tmp_path / "a" / "b", False)):
         error = await _fails(fake, ops, _bind_create("ws2", source, read_only=read_only), ErrorCode.FORBIDDEN)
         assert "nests with" in error.message
-    await ops.create_workspace(_bind_create("ws3", tmp_path / "a", read_only=True))  # the same source
+    await ops.workspaces.create(_bind_create("ws3", tmp_path / "a", read_only=True))  # the same source
 
 
 async def test_binds_of_containers_not_made_by_dockhand_do_not_count(fake: FakeDocker, tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ async def test_binds_of_containers_not_made_by_dockhand_do_not_count(fake: FakeD
     fake.host_paths.add(str(tmp_path))
     agent = fake.add_container("agent", IMAGE)
     agent.mounts = [{"Type": "bind", "Source": "/", "Destination": "/rootfs", "RW": False}]
-    await _ops(fake, tmp_path).create_workspace(_bind_create("ws1", tmp_path / "c"))
+    await _ops(fake, tmp_path).workspaces.create(_bind_create("ws1", tmp_path / "c"))
 
 
 async def test_concurrent_nesting_creates_cannot_both_pass(fake: FakeDocker, tmp_path: Path) -> None:
@@ -162,8 +162,8 @@ async def test_concurrent_nesting_creates_cannot_both_pass(fake: FakeDocker, tmp
     fake.host_paths.add(str(tmp_path))
     ops = _ops(fake, tmp_path)
     outcomes = await asyncio.gather(
-        ops.create_workspace(_bind_create("ws1", tmp_path / "a")),
-        ops.create_workspace(_bind_create("ws2", tmp_path / "a" / "b")),
+        ops.workspaces.create(_bind_create("ws1", tmp_path / "a")),
+        ops.workspaces.create(_bind_create("ws2", tmp_path / "a" / "b")),
         return_exceptions=True,
     )
     errors = [o for o in outcomes if isinstance(o, BaseException)]
@@ -177,9 +177,9 @@ async def test_a_start_that_misses_what_the_container_needs_says_so(fake: FakeDo
     # Docker answers 404 on start when, say, the container's network is gone: the workspace
     # exists, so "workspace ws1 ... not found" would send the reader the wrong way.
     ops = _ops(fake, tmp_path)
-    await ops.create_workspace(_create(start=False))
+    await ops.workspaces.create(_create(start=False))
     fake.fail_next("container.start", 404, "network dh-new not found")
     with pytest.raises(DockhandError) as exc:
-        await ops.start_workspace("ws1")
+        await ops.workspaces.start("ws1")
     assert exc.value.code is ErrorCode.NOT_FOUND
     assert exc.value.message == "workspace ws1 on host-a cannot start: network dh-new not found"

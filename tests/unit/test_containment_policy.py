@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from dockhand.schemas import ErrorCode, Status
 from dockhand.schemas.commands import NetworkEnsure, WorkspaceCreate
-from dockhand.worker.docker_ops import DockerOps
+from dockhand.worker.docker import DockerOps
 from dockhand.worker.errors import DockhandError
 from dockhand.worker.labels import Labels
 from dockhand.worker.policy import Policy, binds_conflict
@@ -175,10 +175,10 @@ def test_volume_access(
     payload = _create(workspace_id=workspace_id, project=project)
     ops = _ops(tmp_path)
     if allowed:
-        ops._check_volume_access(labels, payload, "volume v1 on host-a")
+        ops.volumes.check_access(labels, payload, "volume v1 on host-a")
     else:
         with pytest.raises(DockhandError) as exc:
-            ops._check_volume_access(labels, payload, "volume v1 on host-a")
+            ops.volumes.check_access(labels, payload, "volume v1 on host-a")
         assert exc.value.code is ErrorCode.FORBIDDEN
 
 

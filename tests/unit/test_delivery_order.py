@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from dockhand.worker.dispatch import DeliveryOrder
+from dockhand.worker.ordering import DeliveryOrder
 
 
 async def test_out_of_order_arrivals_are_released_in_tag_order() -> None:

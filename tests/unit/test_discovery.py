@@ -1,40 +1,33 @@
 """worker.discovery without Docker: label parsing, list/inspect equivalence, the Discovery state machine.
 
-The fake Docker below answers with Docker Engine API 1.41 shapes: ``GET /containers/{id}/json``
-(inspect) and ``GET /containers/json`` (list, honouring the ``label`` and ``status`` filters the
-way the daemon does: a paused container's state is ``paused``, not ``running``).
+Docker is :class:`tests.fakes.FakeDockerClient`, which answers with Docker Engine API 1.41 shapes:
+``GET /containers/{id}/json`` (inspect) and ``GET /containers/json`` (list, honouring the ``label``
+and ``status`` filters the way the daemon does: a paused container's state is ``paused``, not
+``running``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import stamina
-from aiodocker.exceptions import DockerError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dockhand.schemas import DiscoveryEvent, DiscoverySnapshot, Service, WireModel
-from dockhand.worker.discovery import (
-    Discovery,
-    InvalidLabels,
-    from_list_entry,
-    is_enabled,
-    list_services,
-    parse_service,
-)
-from dockhand.worker.docker_ops import DockerOps
+from dockhand.schemas import DiscoverySnapshot, Service
+from dockhand.worker.discovery import Discovery, list_services
+from dockhand.worker.docker import DockerOps
 from dockhand.worker.labels import Labels
 from dockhand.worker.policy import Policy
+from dockhand.worker.services import InvalidLabels, from_list_entry, is_enabled, parse_service
 from dockhand.worker.settings import Settings
+from tests.fakes import Box, FakeDockerClient, Recorder
 
 HOST = "host-a"
 ANY4 = "0.0.0.0"  # noqa: S104 - a port binding as Docker reports it, nothing binds here
@@ -46,183 +39,6 @@ NAMES = Labels("dockhand", "dockhand")
 def stamina_testing() -> Iterator[None]:
     with stamina.set_testing(True):
         yield
-
-
-# --- realistic Docker API 1.41 shapes ---------------------------------------------------------
-
-_NETWORK_IDS = {"bridge": "5e1c", "app": "9a0f", "backend": "77d2"}
-
-
-@dataclass
-class Box:
-    """One container as the daemon knows it; renders both its inspect and its list entry."""
-
-    id: str
-    name: str
-    labels: dict[str, str]
-    networks: dict[str, str] = field(default_factory=lambda: {"bridge": "172.17.0.2"})
-    # (container port, protocol, [(host ip, host port), ...]); an empty list = exposed, not published
-    ports: list[tuple[int, str, list[tuple[str, int]]]] = field(default_factory=list)
-    health: str | None = None  # None: no healthcheck
-    state: str = "running"  # running | paused | exited
-    image: str = "nginx:1.25"
-    created: int = 1714557600  # unix seconds (what a list entry says; an inspect adds nanoseconds)
-
-    def _endpoint(self, network: str, ip: str, *, listing: bool) -> dict[str, Any]:
-        gateway = ip.rsplit(".", 1)[0] + ".1" if ip else ""
-        return {
-            "IPAMConfig": None,
-            "Links": None,
-            "Aliases": None if listing or network == "bridge" else [self.name, self.id[:12]],
-            "NetworkID": _NETWORK_IDS.get(network, "0000") * 16,
-            "EndpointID": (self.id[:8] + _NETWORK_IDS.get(network, "0000")) * 5 + "abcd",
-            "Gateway": gateway,
-            "IPAddress": ip,
-            "IPPrefixLen": 16 if ip else 0,
-            "IPv6Gateway": "",
-            "GlobalIPv6Address": "",
-            "GlobalIPv6PrefixLen": 0,
-            "MacAddress": "02:42:ac:11:00:02" if ip else "",
-            "DriverOpts": None,
-        }
-
-    def inspect(self) -> dict[str, Any]:
-        running = self.state in ("running", "paused")
-        state: dict[str, Any] = {
-            "Status": self.state,
-            "Running": running,
-            "Paused": self.state == "paused",
-            "Restarting": False,
-            "OOMKilled": False,
-            "Dead": False,
-            "Pid": 4242 if running else 0,
-            "ExitCode": 0,
-            "Error": "",
-            "StartedAt": "2024-05-01T10:00:01.123456789Z",
-            "FinishedAt": "0001-01-01T00:00:00Z",
-        }
-        if self.health is not None:
-            state["Health"] = {
-                "Status": self.health,
-                "FailingStreak": 3 if self.health == "unhealthy" else 0,
-                "Log": []
-                if self.health == "starting"
-                else [
-                    {
-                        "Start": "2024-05-01T10:00:31.000000000Z",
-                        "End": "2024-05-01T10:00:31.050000000Z",
-                        "ExitCode": 0 if self.health == "healthy" else 1,
-                        "Output": "",
-                    }
-                ],
-            }
-        ports: dict[str, list[dict[str, str]] | None] = {}
-        for port, proto, bindings in self.ports:
-            ports[f"{port}/{proto}"] = [{"HostIp": ip, "HostPort": str(hp)} for ip, hp in bindings] or None
-        config: dict[str, Any] = {
-            "Hostname": self.id[:12],
-            "Domainname": "",
-            "User": "",
-            "ExposedPorts": {f"{p}/{proto}": {} for p, proto, _ in self.ports},
-            "Tty": False,
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "NGINX_VERSION=1.25.5"],
-            "Cmd": ["nginx", "-g", "daemon off;"],
-            "Image": self.image,
-            "Volumes": None,
-            "WorkingDir": "",
-            "Entrypoint": ["/docker-entrypoint.sh"],
-            "OnBuild": None,
-            "Labels": dict(self.labels),
-            "StopSignal": "SIGQUIT",
-        }
-        if self.health is not None:
-            config["Healthcheck"] = {
-                "Test": ["CMD-SHELL", "curl -f http://localhost/ || exit 1"],
-                "Interval": 1000000000,
-            }
-        return {
-            "Id": self.id,
-            "Created": datetime.fromtimestamp(self.created, UTC).strftime("%Y-%m-%dT%H:%M:%S") + ".987654321Z",
-            "Path": "/docker-entrypoint.sh",
-            "Args": ["nginx", "-g", "daemon off;"],
-            "State": state,
-            "Image": "sha256:" + "ab" * 32,
-            "Name": "/" + self.name,
-            "RestartCount": 0,
-            "Driver": "overlay2",
-            "Platform": "linux",
-            "HostConfig": {
-                "NetworkMode": "default",
-                "PortBindings": {
-                    f"{p}/{proto}": [{"HostIp": ip, "HostPort": ""} for ip, _ in b][:1]
-                    for p, proto, b in self.ports
-                    if b
-                },
-                "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
-            },
-            "Mounts": [],
-            "Config": config,
-            "NetworkSettings": {
-                "Bridge": "",
-                "SandboxID": "f" * 64,
-                "HairpinMode": False,
-                "LinkLocalIPv6Address": "",
-                "LinkLocalIPv6PrefixLen": 0,
-                "Ports": ports,
-                "SandboxKey": "/var/run/docker/netns/ffffffffffff",
-                "SecondaryIPAddresses": None,
-                "SecondaryIPv6Addresses": None,
-                "EndpointID": "",
-                "Gateway": "172.17.0.1" if "bridge" in self.networks else "",
-                "IPAddress": self.networks.get("bridge", ""),
-                "IPPrefixLen": 16 if "bridge" in self.networks else 0,
-                "MacAddress": "",
-                "Networks": {n: self._endpoint(n, ip, listing=False) for n, ip in self.networks.items()},
-            },
-        }
-
-    def list_entry(self) -> dict[str, Any]:
-        ports: list[dict[str, Any]] = []
-        for port, proto, bindings in self.ports:
-            if not bindings:
-                ports.append({"PrivatePort": port, "Type": proto})
-            for ip, hp in bindings:
-                ports.append({"IP": ip, "PrivatePort": port, "PublicPort": hp, "Type": proto})
-        if self.state == "paused":
-            status = "Up 3 minutes (Paused)"
-        elif self.state != "running":
-            status = "Exited (0) 2 seconds ago"
-        else:
-            status = (
-                "Up 3 seconds"
-                + {
-                    None: "",
-                    "starting": " (health: starting)",
-                    "healthy": " (healthy)",
-                    "unhealthy": " (unhealthy)",
-                }[self.health]
-            )
-        return {
-            "Id": self.id,
-            "Names": ["/" + self.name],
-            "Image": self.image,
-            "ImageID": "sha256:" + "ab" * 32,
-            "Command": '/docker-entrypoint.sh nginx -g "daemon off;"',
-            "Created": self.created,
-            "Ports": ports,
-            "Labels": dict(self.labels),
-            "State": self.state,
-            "Status": status,
-            "HostConfig": {"NetworkMode": "default"},
-            "NetworkSettings": {
-                "Networks": {n: self._endpoint(n, ip, listing=True) for n, ip in self.networks.items()}
-            },
-            "Mounts": [],
-        }
-
-    def attributes(self, **extra: str) -> dict[str, str]:
-        """Actor.Attributes of a container event: the labels, plus name and image."""
-        return {**self.labels, "image": self.image, "name": self.name, **extra}
 
 
 def enabled(domain: str = "app.example.com", port: str = "8080", **more: str) -> dict[str, str]:
@@ -247,96 +63,13 @@ def web(**changes: Any) -> Box:
     return replace(box, **changes)
 
 
-# --- fake aiodocker ---------------------------------------------------------------------------
-
-
-class Listed:
-    """What aiodocker's ``containers.list`` yields: ``c[key]`` and ``key in c`` over the entry."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self._data = data
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._data
-
-
-class FakeContainer:
-    def __init__(self, docker: FakeDocker, container_id: str) -> None:
-        self._docker = docker
-        self._id = container_id
-
-    async def show(self) -> dict[str, Any]:
-        self._docker.show_calls.append(self._id)
-        box = self._docker.boxes.get(self._id)
-        if box is None:
-            raise DockerError(404, f"No such container: {self._id}")
-        return box.inspect()
-
-
-class FakeContainers:
-    def __init__(self, docker: FakeDocker) -> None:
-        self._docker = docker
-
-    def container(self, container_id: str) -> FakeContainer:
-        return FakeContainer(self._docker, container_id)
-
-    async def list(self, **params: Any) -> list[Listed]:
-        self._docker.list_calls.append(params)
-        filters = json.loads(params.get("filters") or "{}")
-        out = []
-        for box in self._docker.boxes.values():
-            entry = box.list_entry()
-            if "status" in filters and entry["State"] not in filters["status"]:
-                continue
-            wanted = [f.partition("=") for f in filters.get("label", [])]
-            if any(entry["Labels"].get(k) != v if eq else k not in entry["Labels"] for k, eq, v in wanted):
-                continue
-            out.append(Listed(copy.deepcopy(entry)))
-        return out
-
-
-class FakeDocker:
-    def __init__(self, *boxes: Box) -> None:
-        self.boxes: dict[str, Box] = {b.id: b for b in boxes}
-        self.show_calls: list[str] = []
-        self.list_calls: list[dict[str, Any]] = []
-        self.containers = FakeContainers(self)
-
-    def put(self, box: Box) -> Box:
-        self.boxes[box.id] = box
-        return box
-
-
-def make_ops(docker: FakeDocker, labels: Labels = NAMES) -> DockerOps:
+def make_ops(docker: FakeDockerClient, labels: Labels = NAMES) -> DockerOps:
     settings = Settings(host_id=HOST, worker_id=f"{HOST}-test", docker_host=None)
     return DockerOps(docker, settings, labels, Policy(settings, labels))  # type: ignore[arg-type]
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, WireModel]] = []
-
-    async def __call__(self, routing_key: str, model: WireModel) -> None:
-        # What the publisher would send must survive the wire (strict models, JSON round trip).
-        type(model).model_validate_json(model.model_dump_json())
-        self.messages.append((routing_key, model))
-
-    @property
-    def keys(self) -> list[str]:
-        return [key for key, _ in self.messages]
-
-    def events(self) -> list[DiscoveryEvent]:
-        return [m for _, m in self.messages if isinstance(m, DiscoveryEvent)]
-
-    def clear(self) -> None:
-        self.messages.clear()
-
-
-def setup(*boxes: Box, require_healthy: bool = False) -> tuple[FakeDocker, Discovery, Recorder]:
-    docker = FakeDocker(*boxes)
+def setup(*boxes: Box, require_healthy: bool = False) -> tuple[FakeDockerClient, Discovery, Recorder]:
+    docker = FakeDockerClient(*boxes)
     recorder = Recorder()
     return docker, Discovery(make_ops(docker), recorder, require_healthy=require_healthy), recorder
 
@@ -738,7 +471,7 @@ async def test_reconcile_resync_publishes_differences_then_one_snapshot() -> Non
 async def test_reconcile_with_custom_prefix_lists_by_that_label() -> None:
     labels = Labels("dockhand", "traefik")
     box = web(labels={"traefik.enabled": "true", "traefik.domain": "t.example.com", "traefik.port": "80"})
-    docker = FakeDocker(box)
+    docker = FakeDockerClient(box)
     rec = Recorder()
     discovery = Discovery(make_ops(docker, labels), rec)
     services = await discovery.reconcile("startup")

@@ -8,19 +8,19 @@ import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from dockhand.schemas import ErrorCode, Result, Status
 from dockhand.schemas import commands as c
-from dockhand.schemas.results import ExecOutput, HostInfo
-from dockhand.worker.dispatch import Dispatcher, Lanes, Rejection, parse, printable, redact
-from dockhand.worker.errors import rejected
+from dockhand.worker.dispatch import Dispatcher
+from dockhand.worker.intake import Rejection, parse, printable, redact
+from dockhand.worker.ordering import Lanes
 from dockhand.worker.settings import Settings
 from dockhand.worker.store import ResultStore
 from dockhand.worker.topology import Topology
+from tests.fakes import FakeMessage, FakeOps, FakePublisher
 
 LIMIT = 64 * 1024
 
@@ -581,81 +581,6 @@ def test_redact_leaves_bodies_without_secrets_alone(body: bytes) -> None:
 # --- the dispatcher with fakes: conflicts, the exec pool, redacted dead letters ------------
 
 
-class FakePublisher:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, dict[str, Any]]] = []
-
-    async def confirmed(self, payload: bytes, **options: Any) -> None:
-        self.sent.append((payload, options))
-
-    def results(self, command_id: str) -> list[dict[str, Any]]:
-        out = []
-        for payload, options in self.sent:
-            if options.get("message_type") == "dockhand.result" and "exchange" in options:
-                body = json.loads(payload)
-                if body["command_id"] == command_id:
-                    out.append(body)
-        return out
-
-    def dead_letters(self) -> list[tuple[bytes, dict[str, Any]]]:
-        return [(p, o) for p, o in self.sent if getattr(o.get("exchange"), "name", "").endswith(".dead")]
-
-
-class FakeMessage:
-    def __init__(self, body: bytes | dict[str, Any], routing_key: str) -> None:
-        self.body = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.raw_message = SimpleNamespace(
-            channel=None,
-            delivery_tag=None,
-            routing_key=routing_key,
-            user_id=None,
-            redelivered=False,
-            headers={"x-trace": "t1"},
-            correlation_id="corr-1",
-            reply_to=None,
-            message_id="m-1",
-            type=None,
-            timestamp=None,
-        )
-        self.settled: list[str] = []
-        self.done = asyncio.Event()
-
-    async def _settle(self, how: str) -> None:
-        self.settled.append(how)
-        self.done.set()
-
-    async def ack(self) -> None:
-        await self._settle("ack")
-
-    async def reject(self, requeue: bool = False) -> None:
-        await self._settle("reject")
-
-    async def nack(self, requeue: bool = True) -> None:
-        await self._settle("nack")
-
-
-class FakeOps:
-    """Just enough of DockerOps: host.info, an exec that waits for a gate, a policy that forbids."""
-
-    def __init__(self) -> None:
-        self.execs: list[list[str]] = []
-        self.gate = asyncio.Event()
-        self.gate.set()
-
-    async def host_info(self) -> HostInfo:
-        return HostInfo(
-            host_id="host-a", docker_version="1", api_version="1", os="x", cpus=1, memory_bytes=1, containers=0
-        )
-
-    async def exec_workspace(self, p: c.WorkspaceExec) -> ExecOutput:
-        self.execs.append(p.command)
-        await self.gate.wait()
-        return ExecOutput(exit_code=0, stdout=" ".join(p.command), stderr="", truncated=False)
-
-    def check_create(self, p: c.WorkspaceCreate) -> None:
-        raise rejected(ErrorCode.FORBIDDEN, "labels under dockhand. are reserved")
-
-
 def _dispatcher(**overrides: Any) -> tuple[Dispatcher, FakePublisher, FakeOps]:
     base: dict[str, Any] = {"host_id": "host-a", "worker_id": "host-a-t", "docker_host": None, "state_dir": None}
     settings = Settings(**{**base, **overrides})
@@ -667,7 +592,7 @@ def _dispatcher(**overrides: Any) -> tuple[Dispatcher, FakePublisher, FakeOps]:
 
 
 def _submit(dispatcher: Dispatcher, body: bytes | dict[str, Any], command_type: str) -> FakeMessage:
-    message = FakeMessage(body, f"host-a.{command_type}")
+    message = FakeMessage(body, f"host-a.{command_type}", headers={"x-trace": "t1"})
     dispatcher.submit(message.body, message)  # type: ignore[arg-type]
     return message
 

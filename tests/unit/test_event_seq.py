@@ -18,11 +18,12 @@ from dockhand.schemas import ContainerEvent, DiscoverySnapshot, Heartbeat, WireM
 from dockhand.schemas.events import ContainerRef
 from dockhand.schemas.health import CommandCounters, DockerHealth, EventStreamHealth
 from dockhand.worker.discovery import Discovery
-from dockhand.worker.docker_ops import DockerOps
+from dockhand.worker.docker import DockerOps
 from dockhand.worker.events import EventStream
 from dockhand.worker.policy import Policy
 from dockhand.worker.publishing import EventSequencer, Publisher
 from dockhand.worker.settings import Settings
+from tests.fakes import Recorder
 
 from .test_events import (
     HOST,
@@ -30,9 +31,8 @@ from .test_events import (
     PLAIN_ID,
     T0,
     WEB_ID,
-    FakeDocker,
-    Recorder,
     container_event,
+    events_docker,
     network_event,
     received,
 )
@@ -246,7 +246,7 @@ async def test_event_stream_and_discovery_number_their_families_apart() -> None:
     """The real pipeline (Docker faked): container, network and discovery messages each count
     by one, the startup and periodic snapshots within the discovery family."""
     config = Settings(host_id=HOST, worker_id=f"{HOST}-test", docker_host=None)
-    ops = DockerOps(FakeDocker(), config, NAMES, Policy(config, NAMES))  # type: ignore[arg-type]
+    ops = DockerOps(events_docker(), config, NAMES, Policy(config, NAMES))  # type: ignore[arg-type]
     sequencer, rec = EventSequencer(), Recorder()
 
     async def publish(routing_key: str, model: WireModel) -> None:

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 import stamina
-from aiodocker.exceptions import DockerError
 
 from dockhand.schemas import ContainerEvent, DiscoveryEvent, NetworkEvent, WireModel
 from dockhand.worker.discovery import Discovery
-from dockhand.worker.docker_ops import DockerOps
+from dockhand.worker.docker import DockerOps
 from dockhand.worker.events import EventStream, Reconcile, _since
 from dockhand.worker.labels import Labels
 from dockhand.worker.policy import Policy
 from dockhand.worker.settings import Settings
+from tests.fakes import Box, FakeDockerClient, Recorder
 
 HOST = "host-a"
 NAMES = Labels("dockhand", "dockhand")
@@ -52,71 +52,19 @@ def stamina_testing() -> Iterator[None]:
 # --- fakes ------------------------------------------------------------------------------------
 
 
-def inspect(container_id: str, name: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {
-        "Id": container_id,
-        "Name": "/" + name,
-        "State": {"Status": "running", "Running": True, "Paused": False, "Pid": 77},
-        "Config": {"Image": "nginx:1.25", "Labels": labels},
-        "NetworkSettings": {
-            "Ports": {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "32768"}]},
-            "Networks": {"bridge": {"NetworkID": "5e1c" * 16, "IPAddress": "172.17.0.2", "Gateway": "172.17.0.1"}},
-        },
-    }
+def events_docker() -> FakeDockerClient:
+    """Docker with the web service and a workspace running, both started after the last list
+    (inspectable, not listed), so every event about them is news to discovery."""
+    docker = FakeDockerClient()
+    for container_id, name, labels in ((WEB_ID, "web", DISCOVERABLE), (WS_ID, "dockhand-ws1", MANAGED)):
+        box = Box(id=container_id, name=name, labels=labels, ports=[(8080, "tcp", [("127.0.0.1", 32768)])])
+        docker.put(box, listed=False)
+    return docker
 
 
-class FakeContainer:
-    def __init__(self, docker: FakeDocker, container_id: str) -> None:
-        self._docker = docker
-        self._id = container_id
-
-    async def show(self) -> dict[str, Any]:
-        self._docker.show_calls.append(self._id)
-        if self._id not in self._docker.inspects:
-            raise DockerError(404, f"No such container: {self._id}")
-        return self._docker.inspects[self._id]
-
-
-class FakeContainers:
-    def __init__(self, docker: FakeDocker) -> None:
-        self._docker = docker
-
-    def container(self, container_id: str) -> FakeContainer:
-        return FakeContainer(self._docker, container_id)
-
-    async def list(self, **params: Any) -> list[Any]:
-        return []
-
-
-class FakeDocker:
-    def __init__(self) -> None:
-        self.inspects: dict[str, dict[str, Any]] = {
-            WEB_ID: inspect(WEB_ID, "web", DISCOVERABLE),
-            WS_ID: inspect(WS_ID, "dockhand-ws1", MANAGED),
-        }
-        self.show_calls: list[str] = []
-        self.containers = FakeContainers(self)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, WireModel]] = []
-
-    async def __call__(self, routing_key: str, model: WireModel) -> None:
-        type(model).model_validate_json(model.model_dump_json())  # survives the wire
-        self.messages.append((routing_key, model))
-
-    @property
-    def keys(self) -> list[str]:
-        return [key for key, _ in self.messages]
-
-    def last(self) -> Any:
-        return self.messages[-1][1]
-
-
-def make_stream(**settings: Any) -> tuple[EventStream, Recorder, FakeDocker]:
+def make_stream(**settings: Any) -> tuple[EventStream, Recorder, FakeDockerClient]:
     config = Settings(host_id=HOST, worker_id=f"{HOST}-test", docker_host=None, **settings)
-    docker = FakeDocker()
+    docker = events_docker()
     ops = DockerOps(docker, config, NAMES, Policy(config, NAMES))  # type: ignore[arg-type]
     rec = Recorder()  # one publish for both: the order across exchanges is observable
     return EventStream(ops, config, Discovery(ops, rec), rec), rec, docker
@@ -399,13 +347,15 @@ async def test_process_forever_reconciles_on_marker_and_handles_events_in_order(
 async def test_a_failed_reconcile_is_retried_not_dropped() -> None:
     """Docker unreachable when the reconcile runs (say the stream came back before the health
     probe did): the reconcile is retried until it succeeds, and its snapshot is published."""
-    stream, rec, _ = make_stream(event_reconnect_max_s=0.05)
+    stream, rec, docker = make_stream(event_reconnect_max_s=0.05)
     stream.ops.available = False  # fail-fast on, as after a daemon outage
+    docker.fail = ConnectionRefusedError(111, "Connection refused")  # and still down
     stream._enqueue(Reconcile("resync"))
     task = asyncio.get_running_loop().create_task(stream._process_forever())
     try:
         await asyncio.sleep(0.3)
         assert rec.keys == []  # still failing: nothing published, nothing lost
+        docker.fail = None
         stream.ops.available = True
         async with asyncio.timeout(2):
             while not rec.keys:
@@ -441,20 +391,7 @@ async def test_events_older_than_the_last_list_are_published_marked_replayed() -
 
 async def test_a_replayed_die_of_a_running_service_is_forwarded_but_changes_no_discovery() -> None:
     stream, rec, docker = make_stream()
-    entry = {  # WEB_ID's inspect, as GET /containers/json lists it
-        "Id": WEB_ID,
-        "Names": ["/web"],
-        "Labels": DISCOVERABLE,
-        "State": "running",
-        "Status": "Up 2 seconds",
-        "Ports": [{"IP": "127.0.0.1", "PrivatePort": 8080, "PublicPort": 32768, "Type": "tcp"}],
-        "NetworkSettings": {"Networks": {"bridge": {"IPAddress": "172.17.0.2"}}},
-    }
-
-    async def listing(**params: Any) -> list[Any]:
-        return [entry] if "dockhand.enabled=true" in params.get("filters", "") else []
-
-    docker.containers.list = listing  # type: ignore[method-assign]
+    docker.put(docker.boxes[WEB_ID])  # listed from now on
     await stream.discovery.reconcile("resync")  # lists it running
     assert rec.keys == [f"{HOST}.discovery.added", f"{HOST}.discovery.snapshot"]
     listed = stream.discovery.listed_at_ns

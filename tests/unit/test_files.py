@@ -22,7 +22,7 @@ from dockhand.schemas.commands import (
     base64_decoded_size,
 )
 from dockhand.worker import files
-from dockhand.worker.docker_ops import DockerOps
+from dockhand.worker.docker import DockerOps
 from dockhand.worker.errors import DockhandError
 from dockhand.worker.labels import Labels
 from dockhand.worker.policy import Policy
@@ -185,20 +185,20 @@ def _ops(fake: FakeDocker, **extra: Any) -> DockerOps:
 
 
 async def _workspace(ops: DockerOps, **extra: Any) -> None:
-    await ops.create_workspace(WorkspaceCreate.model_validate({"workspace_id": "ws1", "image": IMAGE, **extra}))
+    await ops.workspaces.create(WorkspaceCreate.model_validate({"workspace_id": "ws1", "image": IMAGE, **extra}))
 
 
 async def test_put_then_get_round_trips(fake: FakeDocker) -> None:
     ops = _ops(fake)
     await _workspace(ops)
     data = bytes(range(256)) * 40
-    written = await ops.put_files(_put("/srv/app/data.bin", content=data, mode=0o750))
+    written = await ops.files.put(_put("/srv/app/data.bin", content=data, mode=0o750))
     assert written.paths == ["/srv/app/data.bin"]
     assert written.bytes == len(data)
-    got = await ops.get_file(WorkspaceGetFile(workspace_id="ws1", path="/srv/app/data.bin"))
+    got = await ops.files.get(WorkspaceGetFile(workspace_id="ws1", path="/srv/app/data.bin"))
     assert base64.b64decode(got.content) == data
     assert (got.size, got.mode, got.truncated) == (len(data), 0o750, False)
-    cut = await ops.get_file(WorkspaceGetFile(workspace_id="ws1", path="/srv/app/data.bin", max_bytes=100))
+    cut = await ops.files.get(WorkspaceGetFile(workspace_id="ws1", path="/srv/app/data.bin", max_bytes=100))
     assert base64.b64decode(cut.content) == data[:100]
     assert cut.size == len(data)
     assert cut.truncated
@@ -207,9 +207,9 @@ async def test_put_then_get_round_trips(fake: FakeDocker) -> None:
 async def test_get_file_is_capped_by_the_setting(fake: FakeDocker) -> None:
     writer = _ops(fake, max_file_bytes=2048)
     await _workspace(writer)
-    await writer.put_files(_put("/tmp/f", content=b"y" * 2000))
+    await writer.files.put(_put("/tmp/f", content=b"y" * 2000))
     ops = _ops(fake, max_file_bytes=1024)
-    got = await ops.get_file(WorkspaceGetFile(workspace_id="ws1", path="/tmp/f", max_bytes=10**9))
+    got = await ops.files.get(WorkspaceGetFile(workspace_id="ws1", path="/tmp/f", max_bytes=10**9))
     assert len(base64.b64decode(got.content)) == 1024
     assert got.truncated
     assert got.size == 2000
@@ -224,30 +224,32 @@ async def _fails(call: Any, code: ErrorCode, status: Status = Status.FAILED) -> 
 
 async def test_errors_are_contract_errors(fake: FakeDocker) -> None:
     ops = _ops(fake, max_file_bytes=1024)
-    await _fails(ops.put_files(_put("/tmp/a")), ErrorCode.NOT_FOUND)
-    await _fails(ops.get_file(WorkspaceGetFile(workspace_id="ws1", path="/tmp/a")), ErrorCode.NOT_FOUND)
+    await _fails(ops.files.put(_put("/tmp/a")), ErrorCode.NOT_FOUND)
+    await _fails(ops.files.get(WorkspaceGetFile(workspace_id="ws1", path="/tmp/a")), ErrorCode.NOT_FOUND)
     await _workspace(ops)
     too_big = await _fails(
-        ops.put_files(_put("/tmp/a", content=b"z" * 1025)), ErrorCode.INVALID_COMMAND, Status.REJECTED
+        ops.files.put(_put("/tmp/a", content=b"z" * 1025)), ErrorCode.INVALID_COMMAND, Status.REJECTED
     )
     assert "DOCKHAND_MAX_FILE_BYTES" in too_big.message
-    missing = await _fails(ops.get_file(WorkspaceGetFile(workspace_id="ws1", path="/nope")), ErrorCode.NOT_FOUND)
+    missing = await _fails(ops.files.get(WorkspaceGetFile(workspace_id="ws1", path="/nope")), ErrorCode.NOT_FOUND)
     assert "/nope" in missing.message
-    directory = await _fails(ops.get_file(WorkspaceGetFile(workspace_id="ws1", path="/tmp")), ErrorCode.INVALID_COMMAND)
+    directory = await _fails(
+        ops.files.get(WorkspaceGetFile(workspace_id="ws1", path="/tmp")), ErrorCode.INVALID_COMMAND
+    )
     assert "directory" in directory.message
-    await ops.put_files(_put("/tmp/file"))
-    through = await _fails(ops.put_files(_put("/tmp/file/under")), ErrorCode.INVALID_COMMAND)
+    await ops.files.put(_put("/tmp/file"))
+    through = await _fails(ops.files.put(_put("/tmp/file/under")), ErrorCode.INVALID_COMMAND)
     assert "not a directory" in through.message
-    await _fails(ops.put_files(_put("/tmp")), ErrorCode.INVALID_COMMAND)  # a file never replaces a directory
+    await _fails(ops.files.put(_put("/tmp")), ErrorCode.INVALID_COMMAND)  # a file never replaces a directory
 
 
 async def test_read_only_workspace_refuses_but_its_volume_takes_files(fake: FakeDocker) -> None:
     ops = _ops(fake)
     await _workspace(ops, read_only=True, mounts=[{"source": "v1", "target": "/data"}])
-    refused = await _fails(ops.put_files(_put("/etc/x")), ErrorCode.FORBIDDEN)
+    refused = await _fails(ops.files.put(_put("/etc/x")), ErrorCode.FORBIDDEN)
     assert "read-only" in refused.message
-    await ops.put_files(_put("/data/sub/x", content=b"ok"))
-    got = await ops.get_file(WorkspaceGetFile(workspace_id="ws1", path="/data/sub/x"))
+    await ops.files.put(_put("/data/sub/x", content=b"ok"))
+    got = await ops.files.get(WorkspaceGetFile(workspace_id="ws1", path="/data/sub/x"))
     assert base64.b64decode(got.content) == b"ok"
 
 
@@ -267,9 +269,9 @@ def test_tmpfs_mount_points() -> None:
 async def test_tmpfs_paths_are_refused(fake: FakeDocker) -> None:
     ops = _ops(fake)
     await _workspace(ops, mounts=[{"type": "tmpfs", "target": "/scratch"}])
-    refused = await _fails(ops.put_files(_put("/scratch/x")), ErrorCode.INVALID_COMMAND)
+    refused = await _fails(ops.files.put(_put("/scratch/x")), ErrorCode.INVALID_COMMAND)
     assert "tmpfs" in refused.message
-    await _fails(ops.get_file(WorkspaceGetFile(workspace_id="ws1", path="/scratch/x")), ErrorCode.INVALID_COMMAND)
+    await _fails(ops.files.get(WorkspaceGetFile(workspace_id="ws1", path="/scratch/x")), ErrorCode.INVALID_COMMAND)
 
 
 # --- dockhand cp -------------------------------------------------------------------------

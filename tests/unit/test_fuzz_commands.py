@@ -5,7 +5,7 @@ with a small world (images, one unmanaged container squatting a workspace name, 
 user's container on an unmanaged network, volumes and networks managed and not), and a
 sequence of messages — body bytes and routing key — fed to the real
 :class:`~worker.dispatch.Dispatcher` with a stub delivery, running the real handlers and
-:class:`~worker.docker_ops.DockerOps` through the real ``aiodocker`` client. Messages are drawn
+:class:`~worker.docker.DockerOps` through the real ``aiodocker`` client. Messages are drawn
 from the committed JSON Schemas (``schemas/json/command.json`` via hypothesis-jsonschema), from
 pools of values that reach the interesting parts of the host (existing workspaces, reserved
 labels, host/none networks by id, bind sources through a symlink, 4e-10 cpus, …), and then made
@@ -68,9 +68,9 @@ from hypothesis.control import currently_in_test_context
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from dockhand.schemas import COMMAND_TYPES
-from dockhand.worker import discovery
+from dockhand.worker import services
 from dockhand.worker.dispatch import Dispatcher
-from dockhand.worker.docker_ops import DockerOps
+from dockhand.worker.docker import DockerOps
 from dockhand.worker.labels import Labels
 from dockhand.worker.policy import Policy
 from dockhand.worker.settings import Settings
@@ -1003,8 +1003,8 @@ class World:
             problems.append("workspace.create succeeded but there is no container")
         if type_ == "workspace.create" and container is not None and container.running and payload.get("discovery"):
             try:
-                discovery.parse_service(self.fake._container_json(container), Labels("dockhand", "dockhand"))
-            except discovery.InvalidLabels as exc:
+                services.parse_service(self.fake._container_json(container), Labels("dockhand", "dockhand"))
+            except services.InvalidLabels as exc:
                 problems.append(f"a workspace created with discovery announces nothing: {exc}")
         return problems
 

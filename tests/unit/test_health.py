@@ -14,29 +14,19 @@ import pytest
 import stamina
 from aiodocker.exceptions import DockerError
 
-from dockhand.schemas import ErrorCode, Heartbeat, Status, WireModel
-from dockhand.worker.dispatch import Counters
-from dockhand.worker.docker_ops import DockerOps
+from dockhand.schemas import ErrorCode, Heartbeat, Status
+from dockhand.worker.docker import DockerOps
 from dockhand.worker.errors import DockhandError
 from dockhand.worker.events import StreamState
 from dockhand.worker.health import HealthMonitor
 from dockhand.worker.labels import Labels
 from dockhand.worker.policy import Policy
 from dockhand.worker.settings import Settings
+from dockhand.worker.settle import Counters
+from tests.fakes import VERSION, FakeDockerClient, Recorder
 
 HOST = "host-a"
 NAMES = Labels("dockhand", "dockhand")
-VERSION = {
-    "Platform": {"Name": "Docker Engine - Community"},
-    "Version": "20.10.24",
-    "ApiVersion": "1.41",
-    "MinAPIVersion": "1.12",
-    "GitCommit": "5d6db84",
-    "GoVersion": "go1.19.7",
-    "Os": "linux",
-    "Arch": "amd64",
-    "KernelVersion": "6.1.0-18-amd64",
-}
 
 
 @pytest.fixture(autouse=True)
@@ -45,40 +35,9 @@ def stamina_testing() -> Iterator[None]:
         yield
 
 
-class FakeSystem:
-    def __init__(self, docker: FakeDocker) -> None:
-        self._docker = docker
-
-    async def info(self) -> dict[str, Any]:
-        if self._docker.fail is not None:
-            raise self._docker.fail
-        return {"ContainersRunning": 3, "Containers": 5}
-
-
-class FakeDocker:
-    def __init__(self) -> None:
-        self.fail: Exception | None = None
-        self.version_calls = 0
-        self.system = FakeSystem(self)
-
-    async def version(self) -> dict[str, Any]:
-        self.version_calls += 1
-        if self.fail is not None:
-            raise self.fail
-        return dict(VERSION)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, WireModel]] = []
-
-    async def __call__(self, routing_key: str, model: WireModel) -> None:
-        self.messages.append((routing_key, model))
-
-
-def make(**settings: Any) -> tuple[HealthMonitor, DockerOps, FakeDocker, StreamState, Counters]:
+def make(**settings: Any) -> tuple[HealthMonitor, DockerOps, FakeDockerClient, StreamState, Counters]:
     config = Settings(host_id=HOST, worker_id=f"{HOST}-7f3c", docker_host=None, **settings)
-    docker = FakeDocker()
+    docker = FakeDockerClient()
     ops = DockerOps(docker, config, NAMES, Policy(config, NAMES))  # type: ignore[arg-type]
     stream = StreamState(connected=True)
     counters = Counters()

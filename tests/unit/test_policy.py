@@ -9,7 +9,7 @@ import pytest
 
 from dockhand.schemas import ErrorCode, Status
 from dockhand.schemas.commands import ImagePull, ImageRef_, NetworkEnsure, WorkspaceCreate
-from dockhand.worker.docker_ops import DockerOps
+from dockhand.worker.docker import DockerOps
 from dockhand.worker.errors import DockhandError
 from dockhand.worker.handlers import check_policy
 from dockhand.worker.labels import Labels

@@ -13,11 +13,12 @@ from aiodocker.exceptions import DockerError
 
 from dockhand.schemas import ErrorCode, RegistryAuth
 from dockhand.schemas.commands import WorkspaceCreate
-from dockhand.worker.docker_ops import DockerOps, parse_docker_time, spec_hash
+from dockhand.worker.docker import DockerOps, parse_docker_time, spec_hash
 from dockhand.worker.errors import DockhandError
 from dockhand.worker.labels import Labels
 from dockhand.worker.policy import Policy
 from dockhand.worker.settings import Settings
+from tests.fakes import FakeDockerClient
 
 PULL_S = 0.05
 
@@ -29,125 +30,120 @@ def stamina_testing() -> Iterator[None]:
         yield
 
 
-class FakeImages:
-    def __init__(self, fail: Exception | None = None) -> None:
-        self.calls: list[tuple[str, Any]] = []
-        self.fail = fail
-
-    async def pull(self, ref: str, *, auth: Any = None) -> list[dict[str, Any]]:
-        self.calls.append((ref, auth))
-        await asyncio.sleep(PULL_S)
-        if self.fail is not None:
-            raise self.fail
-        return [{"status": "Downloaded newer image"}]
-
-
-class FakeDocker:
-    def __init__(self, fail: Exception | None = None) -> None:
-        self.images = FakeImages(fail)
-
-
-def _ops(docker: FakeDocker, **settings: Any) -> DockerOps:
+def _ops(docker: FakeDockerClient, **settings: Any) -> DockerOps:
     config = Settings(host_id="host-a", worker_id="host-a-test", docker_host=None, **settings)
     labels = Labels("dockhand", "dockhand")
     return DockerOps(docker, config, labels, Policy(config, labels))  # type: ignore[arg-type]
 
 
+def _failing(error: Exception) -> FakeDockerClient:
+    """Docker whose every pull fails with ``error`` (after taking its time)."""
+    docker = FakeDockerClient(pull_s=PULL_S)
+    docker.failures["images.pull"] = error
+    return docker
+
+
 async def test_concurrent_pulls_of_one_image_share_one_call() -> None:
-    docker = FakeDocker()
+    docker = FakeDockerClient(pull_s=PULL_S)
     ops = _ops(docker)
-    await asyncio.gather(*(ops.pull("busybox:1.36", None) for _ in range(10)))
-    assert docker.images.calls == [("busybox:1.36", None)]
-    assert not ops._pulls  # the finished pull is forgotten
+    await asyncio.gather(*(ops.images.pull("busybox:1.36", None) for _ in range(10)))
+    assert docker.pull_calls == [("busybox:1.36", None)]
+    assert not ops.images._pulls  # the finished pull is forgotten
 
 
 async def test_two_images_two_calls() -> None:
-    docker = FakeDocker()
+    docker = FakeDockerClient(pull_s=PULL_S)
     ops = _ops(docker)
     images = ["busybox:1.36", "alpine:3.20"] * 5
-    await asyncio.gather(*(ops.pull(image, None) for image in images))
-    assert sorted(ref for ref, _ in docker.images.calls) == ["alpine:3.20", "busybox:1.36"]
+    await asyncio.gather(*(ops.images.pull(image, None) for image in images))
+    assert sorted(ref for ref, _ in docker.pull_calls) == ["alpine:3.20", "busybox:1.36"]
 
 
 async def test_pulls_overlap_in_time() -> None:
-    docker = FakeDocker()
+    docker = FakeDockerClient(pull_s=PULL_S)
     ops = _ops(docker)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await asyncio.gather(*(ops.pull(f"img{i}:1", None) for i in range(5)))
-    assert len(docker.images.calls) == 5
+    await asyncio.gather(*(ops.images.pull(f"img{i}:1", None) for i in range(5)))
+    assert len(docker.pull_calls) == 5
     assert loop.time() - started < PULL_S * 4  # concurrent, not one after another
 
 
 async def test_a_later_round_pulls_again() -> None:
-    docker = FakeDocker()
+    docker = FakeDockerClient(pull_s=PULL_S)
     ops = _ops(docker)
-    await asyncio.gather(*(ops.pull("busybox", None) for _ in range(3)))
+    await asyncio.gather(*(ops.images.pull("busybox", None) for _ in range(3)))
     await asyncio.sleep(0)
-    await asyncio.gather(*(ops.pull("busybox", None) for _ in range(3)))
-    assert len(docker.images.calls) == 2
+    await asyncio.gather(*(ops.images.pull("busybox", None) for _ in range(3)))
+    assert len(docker.pull_calls) == 2
 
 
 async def test_different_identities_do_not_share() -> None:
-    docker = FakeDocker()
+    docker = FakeDockerClient(pull_s=PULL_S)
     ops = _ops(docker)
     alice = RegistryAuth(username="alice", password="a-secret")
-    await asyncio.gather(ops.pull("ghcr.io/a/b", None), ops.pull("ghcr.io/a/b", alice), ops.pull("ghcr.io/a/b", alice))
-    assert len(docker.images.calls) == 2
+    await asyncio.gather(
+        ops.images.pull("ghcr.io/a/b", None),
+        ops.images.pull("ghcr.io/a/b", alice),
+        ops.images.pull("ghcr.io/a/b", alice),
+    )
+    assert len(docker.pull_calls) == 2
 
 
 async def test_failed_pull_fails_every_waiter() -> None:
-    docker = FakeDocker(fail=DockerError(500, "boom"))
+    docker = _failing(DockerError(500, "boom"))
     ops = _ops(docker)
-    outcomes = await asyncio.gather(*(ops.pull("busybox", None) for _ in range(10)), return_exceptions=True)
-    assert len(docker.images.calls) == 1
+    outcomes = await asyncio.gather(*(ops.images.pull("busybox", None) for _ in range(10)), return_exceptions=True)
+    assert len(docker.pull_calls) == 1
     for outcome in outcomes:
         assert isinstance(outcome, DockhandError)
         assert outcome.code is ErrorCode.IMAGE_PULL_FAILED
         assert "boom" in outcome.message
         assert "busybox" in outcome.message
-    assert not ops._pulls
+    assert not ops.images._pulls
 
 
 async def test_failed_pull_is_retried_by_the_next_round() -> None:
-    docker = FakeDocker(fail=DockerError(404, "manifest unknown"))
+    docker = _failing(DockerError(404, "manifest unknown"))
     ops = _ops(docker)
     with pytest.raises(DockhandError):
-        await ops.pull("busybox", None)
+        await ops.images.pull("busybox", None)
     await asyncio.sleep(0)
-    docker.images.fail = None
-    await ops.pull("busybox", None)
-    assert len(docker.images.calls) == 2
+    del docker.failures["images.pull"]
+    await ops.images.pull("busybox", None)
+    assert len(docker.pull_calls) == 2
 
 
 async def test_transient_failures_are_retried_within_one_pull() -> None:
-    docker = FakeDocker(fail=DockerError(503, "registry hiccup"))
+    docker = _failing(DockerError(503, "registry hiccup"))
     ops = _ops(docker, docker_retry_attempts=3)
     with stamina.set_testing(True, attempts=3, cap=True):
-        outcomes = await asyncio.gather(ops.pull("busybox", None), ops.pull("busybox", None), return_exceptions=True)
-    assert len(docker.images.calls) == 3
+        outcomes = await asyncio.gather(
+            ops.images.pull("busybox", None), ops.images.pull("busybox", None), return_exceptions=True
+        )
+    assert len(docker.pull_calls) == 3
     assert all(isinstance(o, DockhandError) and o.retryable for o in outcomes)
 
 
 async def test_cancelling_one_waiter_does_not_cancel_the_pull() -> None:
-    docker = FakeDocker()
+    docker = FakeDockerClient(pull_s=PULL_S)
     ops = _ops(docker)
-    first = asyncio.ensure_future(ops.pull("busybox", None))
-    second = asyncio.ensure_future(ops.pull("busybox", None))
+    first = asyncio.ensure_future(ops.images.pull("busybox", None))
+    second = asyncio.ensure_future(ops.images.pull("busybox", None))
     await asyncio.sleep(PULL_S / 5)
     first.cancel()
     await second
     assert first.cancelled()
-    assert len(docker.images.calls) == 1
+    assert len(docker.pull_calls) == 1
 
 
 async def test_pull_checks_the_registry_policy_first() -> None:
-    docker = FakeDocker()
+    docker = FakeDockerClient(pull_s=PULL_S)
     ops = _ops(docker, allowed_registries=["ghcr.io"])
     with pytest.raises(DockhandError) as exc:
-        await ops.pull("quay.io/a/b", None)
+        await ops.images.pull("quay.io/a/b", None)
     assert exc.value.code is ErrorCode.FORBIDDEN
-    assert docker.images.calls == []
+    assert docker.pull_calls == []
 
 
 @pytest.mark.parametrize(
@@ -166,20 +162,20 @@ async def test_pull_checks_the_registry_policy_first() -> None:
     ],
 )
 async def test_registry_auth_header(image: str, server_address: str | None, reference: str, serveraddress: str) -> None:
-    docker = FakeDocker()
+    docker = FakeDockerClient(pull_s=PULL_S)
     ops = _ops(docker)
     auth = RegistryAuth(username="bob", password="s3cret-pw", server_address=server_address)
-    await asyncio.gather(*(ops.pull(image, auth) for _ in range(3)))
-    assert docker.images.calls == [
+    await asyncio.gather(*(ops.images.pull(image, auth) for _ in range(3)))
+    assert docker.pull_calls == [
         (reference, {"username": "bob", "password": "s3cret-pw", "serveraddress": serveraddress})
     ]
 
 
 async def test_registry_password_not_in_the_error() -> None:
-    docker = FakeDocker(fail=DockerError(401, "unauthorized: authentication required"))
+    docker = _failing(DockerError(401, "unauthorized: authentication required"))
     ops = _ops(docker)
     with pytest.raises(DockhandError) as exc:
-        await ops.pull("ghcr.io/a/b", RegistryAuth(username="bob", password="s3cret-pw"))
+        await ops.images.pull("ghcr.io/a/b", RegistryAuth(username="bob", password="s3cret-pw"))
     assert "s3cret-pw" not in str(exc.value)
     assert "s3cret-pw" not in repr(exc.value)
 

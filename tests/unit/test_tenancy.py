@@ -31,7 +31,7 @@ from dockhand.schemas.commands import (
 from dockhand.schemas.results import HostInfo
 from dockhand.worker import tenancy
 from dockhand.worker.dispatch import Dispatcher
-from dockhand.worker.docker_ops import DockerOps
+from dockhand.worker.docker import DockerOps
 from dockhand.worker.errors import DockhandError
 from dockhand.worker.labels import Labels
 from dockhand.worker.logs import ContextFilter
@@ -39,6 +39,7 @@ from dockhand.worker.policy import Policy
 from dockhand.worker.settings import Settings
 from dockhand.worker.store import ResultStore, store_key
 from dockhand.worker.topology import Topology
+from tests.fakes import FakeMessage, FakePublisher
 
 HOST = "host-a"
 NAMES = Labels("dockhand", "dockhand")
@@ -213,42 +214,42 @@ async def test_find_workspace_of_another_owner_is_forbidden(as_sender: Any) -> N
     ops = _ops(docker)
     as_sender("bob")
     with pytest.raises(DockhandError) as info:
-        await ops.find_workspace("ws1")
+        await ops.containers.find("ws1")
     assert info.value.code is ErrorCode.FORBIDDEN
     assert info.value.status is Status.FAILED
     assert "alice" not in info.value.message  # whose it is stays untold
     as_sender("alice")
-    assert (await ops.find_workspace("ws1")) is not None
-    assert (await ops.inspect_workspace("ws1")).owner == "alice"
+    assert (await ops.containers.find("ws1")) is not None
+    assert (await ops.workspaces.inspect("ws1")).owner == "alice"
 
 
 async def test_unowned_workspace_is_only_for_admins_and_the_worker(as_sender: Any) -> None:
     ops = _ops(FakeDocker(_container("old", None)))
-    assert (await ops.find_workspace("old")) is not None  # no sender: the worker itself
+    assert (await ops.containers.find("old")) is not None  # no sender: the worker itself
     as_sender("alice")
     with pytest.raises(DockhandError, match="another owner"):
-        await ops.find_workspace("old")
+        await ops.containers.find("old")
     as_sender("ops", admin=True)
-    assert (await ops.find_workspace("old")) is not None
+    assert (await ops.containers.find("old")) is not None
 
 
 @pytest.mark.parametrize(
     "action",
-    ["start_workspace", "stop_workspace", "restart_workspace", "remove_workspace", "exec_workspace"],
+    ["start", "stop", "restart", "remove", "exec"],
 )
 async def test_lifecycle_on_another_owners_workspace_touches_nothing(as_sender: Any, action: str) -> None:
     docker = FakeDocker(_container("ws1", "alice"))
     ops = _ops(docker)
     as_sender("bob")
     argument: Any = {
-        "start_workspace": "ws1",
-        "stop_workspace": WorkspaceStop(workspace_id="ws1"),
-        "restart_workspace": WorkspaceStop(workspace_id="ws1"),
-        "remove_workspace": WorkspaceRemove(workspace_id="ws1", force=True),
-        "exec_workspace": WorkspaceExec(workspace_id="ws1", command=["true"]),
+        "start": "ws1",
+        "stop": WorkspaceStop(workspace_id="ws1"),
+        "restart": WorkspaceStop(workspace_id="ws1"),
+        "remove": WorkspaceRemove(workspace_id="ws1", force=True),
+        "exec": WorkspaceExec(workspace_id="ws1", command=["true"]),
     }[action]
     with pytest.raises(DockhandError) as info:
-        await getattr(ops, action)(argument)
+        await getattr(ops.workspaces, action)(argument)
     assert info.value.code is ErrorCode.FORBIDDEN
     assert docker.touched == []
 
@@ -258,7 +259,7 @@ async def test_create_over_another_owners_workspace_is_forbidden_not_conflict(as
     ops = _ops(docker)
     as_sender("bob")
     with pytest.raises(DockhandError) as info:
-        await ops.create_workspace(WorkspaceCreate(workspace_id="ws1", image="busybox"))
+        await ops.workspaces.create(WorkspaceCreate(workspace_id="ws1", image="busybox"))
     assert info.value.code is ErrorCode.FORBIDDEN  # a conflict would tell bob the spec differs
 
 
@@ -267,11 +268,11 @@ async def test_list_is_filtered_by_owner_label(as_sender: Any) -> None:
     docker = FakeDocker(_container("a1", "alice"), _container("b1", "bob"), _container("u1", None))
     ops = _ops(docker)
     as_sender("bob")
-    listed = await ops.list_workspaces(WorkspaceListQuery())
+    listed = await ops.workspaces.query(WorkspaceListQuery())
     assert [w.workspace_id for w in listed.workspaces] == ["b1"]
     assert "dockhand.owner=bob" in docker.list_filters[-1]["label"]
     as_sender("ops", admin=True)
-    listed = await ops.list_workspaces(WorkspaceListQuery())
+    listed = await ops.workspaces.query(WorkspaceListQuery())
     assert [w.workspace_id for w in listed.workspaces] == ["a1", "b1", "u1"]
     assert not any(f.startswith("dockhand.owner=") for f in docker.list_filters[-1]["label"])
 
@@ -289,11 +290,11 @@ async def test_owns_needs_this_hosts_managed_labels(as_sender: Any) -> None:
 
 def test_created_objects_carry_the_owner_label(as_sender: Any) -> None:
     ops = _ops(FakeDocker())
-    assert "dockhand.owner" not in ops._managed_labels()
+    assert "dockhand.owner" not in ops.managed_labels()
     as_sender("alice")
-    assert ops._managed_labels()["dockhand.owner"] == "alice"
+    assert ops.managed_labels()["dockhand.owner"] == "alice"
     as_sender("ops", admin=True)
-    assert ops._managed_labels()["dockhand.owner"] == "ops"
+    assert ops.managed_labels()["dockhand.owner"] == "ops"
 
 
 def test_each_owner_has_its_own_default_network(as_sender: Any) -> None:
@@ -326,62 +327,24 @@ async def test_network_of_another_owner_is_forbidden(as_sender: Any, monkeypatch
     async def inspect(name: str) -> dict[str, Any] | None:
         return networks.get(name)
 
-    monkeypatch.setattr(ops, "_inspect_network", inspect)
+    monkeypatch.setattr(ops.networks, "find", inspect)
     as_sender("bob")
     with pytest.raises(DockhandError) as info:
-        await ops.ensure_network(NetworkEnsure(name="alice-net"))
+        await ops.networks.ensure(NetworkEnsure(name="alice-net"))
     assert info.value.code is ErrorCode.FORBIDDEN
     with pytest.raises(DockhandError) as info:
-        await ops.remove_network("alice-net")
+        await ops.networks.remove("alice-net")
     assert info.value.code is ErrorCode.FORBIDDEN
     with pytest.raises(DockhandError) as info:
-        await ops.disconnect_network("alice-net", "b1")  # (a real disconnect would fail on the fake)
+        await ops.networks.disconnect("alice-net", "b1")  # (a real disconnect would fail on the fake)
     assert info.value.code is ErrorCode.FORBIDDEN
     # Not managed here: not anyone's (whether a workspace may join it is the network policy's call).
-    assert (await ops.ensure_network(NetworkEnsure(name="operator-net"))).created is False
+    assert (await ops.networks.ensure(NetworkEnsure(name="operator-net"))).created is False
     as_sender("alice")
-    assert (await ops.ensure_network(NetworkEnsure(name="alice-net"))).network_id == "n1"
+    assert (await ops.networks.ensure(NetworkEnsure(name="alice-net"))).network_id == "n1"
 
 
 # --- the dispatcher: user_id to sender, per-owner command ids ---------------------------------
-
-
-class FakePublisher:
-    def __init__(self) -> None:
-        self.sent: list[tuple[dict[str, Any], dict[str, Any]]] = []
-
-    async def confirmed(self, payload: bytes, **options: Any) -> None:
-        self.sent.append((json.loads(payload), options))
-
-
-class FakeMessage:
-    def __init__(self, body: dict[str, Any], user_id: str | None) -> None:
-        self.body = json.dumps(body).encode()
-        self.raw_message = SimpleNamespace(
-            channel=None,
-            delivery_tag=None,
-            routing_key=f"{HOST}.{body['type']}",
-            user_id=user_id,
-            redelivered=False,
-            headers={},
-            correlation_id=body["command_id"],
-            reply_to=None,
-            message_id=body["command_id"],
-        )
-        self.settled: list[str] = []
-        self.done = asyncio.Event()
-
-    async def ack(self) -> None:
-        self.settled.append("ack")
-        self.done.set()
-
-    async def reject(self, requeue: bool = False) -> None:
-        self.settled.append("reject")
-        self.done.set()
-
-    async def nack(self, requeue: bool = True) -> None:
-        self.settled.append("nack")
-        self.done.set()
 
 
 class HostInfoOps:
@@ -389,6 +352,7 @@ class HostInfoOps:
 
     def __init__(self) -> None:
         self.calls: list[str | None] = []
+        self.host = SimpleNamespace(info=self.host_info)  # where the handler looks: ops.host.info()
 
     async def host_info(self) -> HostInfo:
         sender = tenancy.current()
@@ -406,7 +370,8 @@ def _dispatcher(**overrides: Any) -> tuple[Dispatcher, FakePublisher, HostInfoOp
 
 
 async def _send(dispatcher: Dispatcher, command_id: str, user_id: str | None) -> FakeMessage:
-    message = FakeMessage({"command_id": command_id, "type": "host.info"}, user_id)
+    body = {"command_id": command_id, "type": "host.info"}
+    message = FakeMessage(body, f"{HOST}.host.info", user_id=user_id, correlation_id=command_id, message_id=command_id)
     dispatcher.submit(message.body, message)  # type: ignore[arg-type]
     await asyncio.wait_for(message.done.wait(), 5)
     return message
@@ -417,7 +382,7 @@ async def test_command_without_user_id_is_rejected_and_not_run() -> None:
     message = await _send(dispatcher, "c1", None)
     assert message.settled == ["reject"]
     assert ops.calls == []
-    result = publisher.sent[-1][0]
+    result = publisher.results()[-1]
     assert result["status"] == "rejected"
     assert result["error"]["code"] == "forbidden"
     assert "user_id" in result["error"]["message"]
@@ -429,7 +394,7 @@ async def test_command_ids_are_scoped_per_sender() -> None:
     await _send(dispatcher, "1", "bob")  # bob's "1" is not alice's: it runs, for bob
     await _send(dispatcher, "1", "alice")  # alice's repeat is answered from the store
     assert ops.calls == ["alice", "bob"]
-    assert [r["status"] for r, _ in publisher.sent] == ["succeeded"] * 3
+    assert [r["status"] for r in publisher.sent_bodies()] == ["succeeded"] * 3
     assert tenancy.current() is None  # nothing leaked into the caller's context
 
 
@@ -454,11 +419,11 @@ def test_a_project_shared_volume_is_still_only_its_owners(as_sender: Any) -> Non
     bobs = WorkspaceCreate(workspace_id="b1", image="busybox", project="p")
     as_sender("bob")
     with pytest.raises(DockhandError) as info:
-        ops._check_volume_access(volume, bobs, "volume v")
+        ops.volumes.check_access(volume, bobs, "volume v")
     assert info.value.code is ErrorCode.FORBIDDEN
     assert "another owner" in info.value.message
     as_sender("alice")
-    ops._check_volume_access(volume, WorkspaceCreate(workspace_id="a2", image="busybox", project="p"), "volume v")
+    ops.volumes.check_access(volume, WorkspaceCreate(workspace_id="a2", image="busybox", project="p"), "volume v")
 
 
 def test_log_records_inside_a_command_name_its_sender(as_sender: Any) -> None:
