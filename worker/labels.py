@@ -5,6 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+class _Key:
+    """A label key under the managed prefix: ``Labels.host`` reads ``<prefix>.host``."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+
+    def __get__(self, labels: Labels, owner: type | None = None) -> str:
+        return f"{labels.prefix}.{self.suffix}"
+
+
 @dataclass(frozen=True, slots=True)
 class Labels:
     """Managed-container and discovery label keys for one worker configuration."""
@@ -12,47 +22,21 @@ class Labels:
     prefix: str
     discovery_prefix: str
 
-    @property
-    def managed(self) -> str:
-        return f"{self.prefix}.managed"
-
-    @property
-    def host(self) -> str:
-        return f"{self.prefix}.host"
-
-    @property
-    def workspace_id(self) -> str:
-        return f"{self.prefix}.workspace.id"
-
-    @property
-    def workspace_name(self) -> str:
-        return f"{self.prefix}.workspace.name"
-
-    @property
-    def project(self) -> str:
-        return f"{self.prefix}.project"
-
-    @property
-    def stage(self) -> str:
-        return f"{self.prefix}.stage"
-
-    @property
-    def created(self) -> str:
-        return f"{self.prefix}.created"
-
-    @property
-    def spec_hash(self) -> str:
-        return f"{self.prefix}.spec-hash"
-
-    @property
-    def volume_share(self) -> str:
-        """On a volume: who besides its creating workspace may mount it (``project``)."""
-        return f"{self.prefix}.volume.share"
-
-    @property
-    def owner(self) -> str:
-        """``<prefix>.owner``: the sender that created the object (tenancy on)."""
-        return f"{self.prefix}.owner"
+    managed = _Key("managed")
+    host = _Key("host")
+    """With ``managed``: the host whose workers may touch the object (and nothing else)."""
+    workspace_id = _Key("workspace.id")
+    workspace_name = _Key("workspace.name")
+    project = _Key("project")
+    stage = _Key("stage")
+    created = _Key("created")
+    """When dockhand made the object (ISO 8601, UTC)."""
+    spec_hash = _Key("spec-hash")
+    """The create request's hash: a repeated create adopts only a workspace of the same spec."""
+    volume_share = _Key("volume.share")
+    """On a volume: who besides its creating workspace may mount it (``project``)."""
+    owner = _Key("owner")
+    """The sender that created the object (tenancy on)."""
 
     def discovery(self, name: str) -> str:
         """``<discovery prefix>.<name>``: enabled, domain, port, description, network."""

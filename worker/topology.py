@@ -14,34 +14,27 @@ if TYPE_CHECKING:
     from faststream.rabbit.schemas.queue import QuorumQueueArgs
 
 
+class _Exchange:
+    """A durable topic exchange ``<prefix>.<suffix>`` (contract: Exchanges)."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+
+    def __get__(self, topology: Topology, owner: type | None = None) -> RabbitExchange:
+        return RabbitExchange(
+            f"{topology.settings.exchange_prefix}.{self.suffix}", type=ExchangeType.TOPIC, durable=True
+        )
+
+
 @dataclass(frozen=True)
 class Topology:
     """Everything the worker declares, named from the settings' prefix and host id."""
 
     settings: Settings
 
-    def _exchange(self, suffix: str) -> RabbitExchange:
-        return RabbitExchange(f"{self.settings.exchange_prefix}.{suffix}", type=ExchangeType.TOPIC, durable=True)
-
-    @property
-    def commands(self) -> RabbitExchange:
-        return self._exchange("commands")
-
-    @property
-    def results(self) -> RabbitExchange:
-        return self._exchange("results")
-
-    @property
-    def events(self) -> RabbitExchange:
-        return self._exchange("events")
-
-    @property
-    def health(self) -> RabbitExchange:
-        return self._exchange("health")
-
-    @property
-    def dead(self) -> RabbitExchange:
-        return self._exchange("dead")
+    # Commands in (routed ``<host_id>|any|all.<type>``); results, events, heartbeats out; and
+    # dead letters (commands rejected or out of delivery attempts).
+    commands, results, events, health, dead = map(_Exchange, ("commands", "results", "events", "health", "dead"))
 
     def _command_queue_args(self, *, single_active: bool) -> QuorumQueueArgs:
         args: QuorumQueueArgs = {
