@@ -33,6 +33,18 @@ class EventStreamHealth(WireModel):
     published: int = 0
 
 
+class BrokerHealth(WireModel):
+    """The worker's side of the broker (contract v1.1, several broker nodes)."""
+
+    node: str | None = Field(
+        default=None, description="host:port of the broker node the worker is connected to; null while reconnecting"
+    )
+    consuming: bool = Field(
+        description="whether the worker consumes its command queues now (false for a standby, and for an "
+        "active worker whose consumer is lost until the watchdog re-creates it)"
+    )
+
+
 class Heartbeat(WireModel):
     """Published on ``<host_id>.heartbeat`` every interval and at once on a status change."""
 
@@ -48,3 +60,4 @@ class Heartbeat(WireModel):
     docker: DockerHealth
     commands: CommandCounters
     events: EventStreamHealth
+    broker: BrokerHealth | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,9 +26,11 @@ from dockhand.schemas import (
     Result,
     WireModel,
 )
+from dockhand.schemas.health import BrokerHealth
 from dockhand.schemas.results import ExecOutputChunk
 
 from . import __version__, tls
+from .connection import MultiNodeBroker
 from .discovery import Discovery
 from .dispatch import Dispatcher
 from .docker import DockerOps
@@ -41,6 +44,7 @@ from .publishing import EventSequencer, Publish, Publisher
 from .settings import Settings
 from .telemetry import Telemetry, from_environment
 from .topology import Topology
+from .watchdog import ConsumerWatchdog
 
 log = logging.getLogger("dockhand")
 
@@ -70,11 +74,13 @@ def _document_outputs(broker: RabbitBroker, topology: Topology, host: str) -> No
         )
 
 
-def _broker(settings: Settings, telemetry: Telemetry) -> RabbitBroker:
+def _broker(settings: Settings, telemetry: Telemetry) -> MultiNodeBroker:
     # FastStream's own per-message "Received/Processed" lines go to DEBUG: our log has one
     # line per command outcome instead.
-    return RabbitBroker(
-        settings.amqp_url,
+    return MultiNodeBroker(
+        # Every node of the cluster (contract v1.1): a lost node is replaced by the next that
+        # answers (worker/connection.py), and the subscribers' consumers follow.
+        settings.amqp_urls,
         # amqps://: verified with the settings' CA and client certificate (worker/tls.py).
         security=BaseSecurity(ssl_context=settings.amqp_ssl_context) if settings.amqp_ssl_context else None,
         log_level=logging.DEBUG,
@@ -125,6 +131,10 @@ class Runtime:
         self.stream: EventStream | None = None
         self.health: HealthMonitor | None = None
         self.leadership: Leadership | None = None
+        self.watchdog: ConsumerWatchdog | None = None
+        # Held while the subscribers are started or stopped (fail-over, drain, the watchdog's
+        # re-creation), so that those never interleave.
+        self.subscriptions = asyncio.Lock()
         telemetry.observe(
             "dockhand.commands.in_flight",
             "Commands running now",
@@ -185,7 +195,7 @@ class Runtime:
         """HTTP endpoints and the Docker client, for the life of the broker connection."""
         if self.settings.http_enabled:
             # First, before any connection: a port that is taken ends the start-up with one line.
-            http = Endpoints(self.settings.http_host, self.settings.http_port, self.readiness)
+            http = Endpoints(self.settings.http_host, self.settings.http_port, self.readiness, self.broker_state)
             try:
                 await http.start()
             except HttpPortError as exc:
@@ -208,11 +218,20 @@ class Runtime:
             self.telemetry.shutdown()
 
     async def readiness(self) -> dict[str, bool]:
-        """What the readiness endpoint reports: the broker answers, Docker is reachable."""
+        """What the readiness endpoint reports: the broker answers, Docker is reachable, every
+        queue this worker should consume has its consumer (a standby's need none)."""
         return {
             "broker": await self.broker.ping(timeout=1.0),
             "docker": self.health is not None and self.health.docker.reachable,
+            "consumers": self.watchdog is not None and not self.watchdog.problems(),
         }
+
+    def broker_state(self) -> BrokerHealth:
+        """Which broker node this worker is on and whether it consumes (readiness, heartbeat)."""
+        return BrokerHealth(
+            node=self.broker.node,
+            consuming=self.watchdog is not None and self.watchdog.consuming,
+        )
 
     async def start_background(self) -> None:
         """Declare the topology, build the event stream and heartbeat, campaign for the lock."""
@@ -239,15 +258,27 @@ class Runtime:
         for subscriber in self.broker.subscribers:
             await subscriber.stop()
         self.leadership = leadership = Leadership(
-            self.settings.amqp_url,
+            self.settings.amqp_urls,
             self.topology.leader_lock,
             on_elected=self.activate,
             on_demoted=self.stand_by,
             ssl_context=self.settings.amqp_ssl_context,
         )
         self.health.is_leader = lambda: leadership.leader
+        self.health.broker_state = self.broker_state
+        # After a broker-sent cancel, a channel error or a reconnect: every queue this worker
+        # should consume has its consumer again (worker/watchdog.py).
+        self.watchdog = ConsumerWatchdog(
+            lambda: self.broker.subscribers,
+            # The leader only: a standby's dispatcher is never stood down (it never led), so
+            # ``active`` alone would have the watchdog start a standby's consumers.
+            lambda: leadership.leader and self.dispatcher.active,
+            lambda: self.broker.node is not None,
+            lock=self.subscriptions,
+        )
         leadership.start()
         self.health.start()
+        self.watchdog.start()
         log.info(
             "dockhand worker %s ready: host %s, queue %s, max concurrency %d",
             self.settings.effective_worker_id,
@@ -261,9 +292,10 @@ class Runtime:
 
     async def activate(self) -> None:
         """This worker took the host's leader lock: consume commands, publish events."""
-        self.dispatcher.active = True
-        for subscriber in self.broker.subscribers:
-            await subscriber.start()
+        async with self.subscriptions:
+            self.dispatcher.active = True
+            for subscriber in self.broker.subscribers:
+                await subscriber.start()
         # This worker now publishes the host's events: a new epoch, so that consumers resync
         # (another worker, or this one before it stood down, may have published meanwhile).
         self.sequencer.new_epoch()
@@ -272,16 +304,20 @@ class Runtime:
 
     async def stand_by(self) -> None:
         """Another worker holds the lock: stop consuming and publishing events."""
-        self.dispatcher.active = False
-        for subscriber in self.broker.subscribers:
-            await subscriber.stop()
+        async with self.subscriptions:
+            self.dispatcher.active = False
+            for subscriber in self.broker.subscribers:
+                await subscriber.stop()
         if self.stream is not None:
             await self.stream.stop()
 
     async def drain(self) -> None:
         """On shutdown: no new deliveries, running commands finish, background jobs stop."""
-        for subscriber in self.broker.subscribers:
-            await subscriber.stop()  # basic.cancel: no new deliveries, acks still work
+        if self.watchdog is not None:
+            await self.watchdog.stop()  # first: it would re-create the consumers stopped here
+        async with self.subscriptions:
+            for subscriber in self.broker.subscribers:
+                await subscriber.stop()  # basic.cancel: no new deliveries, acks still work
         await self.dispatcher.drain(self.settings.shutdown_grace_s)
         for job in (self.leadership, self.stream, self.health):
             if job is not None:

@@ -11,11 +11,15 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from dockhand.schemas import WireModel
+
 from .telemetry import prometheus_text
 
 log = logging.getLogger("dockhand.http")
 
 Check = Callable[[], Awaitable[dict[str, bool]]]
+# What /readyz reports besides its checks (not part of ``ready``), e.g. the broker node.
+Info = Callable[[], WireModel | None]
 
 
 class HttpPortError(Exception):
@@ -25,10 +29,11 @@ class HttpPortError(Exception):
 class Endpoints:
     """The worker's small HTTP server."""
 
-    def __init__(self, host: str, port: int, readiness: Check) -> None:
+    def __init__(self, host: str, port: int, readiness: Check, info: Info | None = None) -> None:
         self._host = host
         self._port = port
         self._readiness = readiness
+        self._info = info
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -39,7 +44,11 @@ class Endpoints:
     async def _readyz(self, _: web.Request) -> web.Response:
         checks = await self._readiness()
         ready = all(checks.values())
-        return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
+        body: dict[str, object] = {"ready": ready, **checks}
+        info = self._info() if self._info is not None else None
+        if info is not None:
+            body.update(info.model_dump(mode="json"))  # e.g. {"node": "rabbit-1:5672", "consuming": true}
+        return web.json_response(body, status=200 if ready else 503)
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=prometheus_text(), content_type="text/plain", charset="utf-8")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
 from dockhand.schemas import Heartbeat, Status, utcnow
-from dockhand.schemas.health import CommandCounters, DockerHealth, EventStreamHealth
+from dockhand.schemas.health import BrokerHealth, CommandCounters, DockerHealth, EventStreamHealth
 
 from .background import Background
 from .docker import DockerOps
@@ -55,6 +55,8 @@ class HealthMonitor(Background):
         self.docker = DockerHealth(reachable=True)
         self._started = time.monotonic()
         self.is_leader: Callable[[], bool] = lambda: True
+        # The broker node and whether this worker consumes (set by the worker's Runtime).
+        self.broker_state: Callable[[], BrokerHealth | None] = lambda: None
         # Set when Docker's availability or the stream's connection flips: probe and publish now.
         self._wake = asyncio.Event()
         ops.on_availability(lambda _available: self._wake.set())
@@ -158,4 +160,5 @@ class HealthMonitor(Background):
                 lag_ms=self.stream.lag_ms,
                 published=self.stream.published,
             ),
+            broker=self.broker_state(),
         )

@@ -15,13 +15,13 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
-import aio_pika
 from aiormq.exceptions import ChannelAccessRefused, ChannelLockedResource
 
 from .background import Background
+from .connection import NodeCycle, connect_any
 
 log = logging.getLogger("dockhand.leadership")
 
@@ -31,7 +31,7 @@ class Leadership(Background):
 
     def __init__(
         self,
-        amqp_url: str,
+        amqp_url: str | Sequence[str],
         lock_name: str,
         on_elected: Callable[[], Awaitable[None]],
         on_demoted: Callable[[], Awaitable[None]],
@@ -39,7 +39,9 @@ class Leadership(Background):
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__()
-        self._url = amqp_url
+        # The lock's own connection follows the cluster's node list like the broker's does
+        # (worker/connection.py); any node will do, as the lock queue lives where it is declared.
+        self._nodes = NodeCycle(amqp_url)
         self._ssl_context = ssl_context  # the broker's own (worker/tls.py), for amqps://
         self._lock_name = lock_name
         self._on_elected = on_elected
@@ -61,7 +63,7 @@ class Leadership(Background):
     async def _campaign(self) -> None:
         while True:
             try:
-                connection = await aio_pika.connect(self._url, ssl_context=self._ssl_context)
+                connection = await connect_any(self._nodes, ssl_context=self._ssl_context)
             except Exception as exc:
                 log.debug("leader lock: broker unreachable (%s)", exc)
                 await asyncio.sleep(self._retry_s)
@@ -92,6 +94,7 @@ class Leadership(Background):
             try:
                 await self._set(True)
                 await lost.wait()
+                self._nodes.failed(None)  # the next attempt starts at another node
                 log.warning("leader lock: connection lost; keeping the event stream until it is back")
             finally:
                 with contextlib.suppress(Exception):

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from dockhand.amqp import split_urls
+
 from . import tls
 
 _HOST_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -201,6 +203,16 @@ class Settings(BaseSettings):
 
     _split_admins = field_validator("admin_users", mode="before")(_split_csv)
 
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        # Contract v1.1: a comma-separated list of the nodes of one cluster. A list that does not
+        # parse is a settings error (one line at start), not a traceback from aio-pika.
+        urls = split_urls(value)
+        if len({tls.url_scheme(url) for url in urls}) > 1:
+            raise ValueError("the nodes of one cluster take one scheme: all amqp:// or all amqps://")
+        return value
+
     @field_validator("host_id")
     @classmethod
     def _host_id(cls, value: str) -> str:
@@ -264,7 +276,15 @@ class Settings(BaseSettings):
     @cached_property
     def amqp_ssl_context(self) -> ssl.SSLContext | None:
         """The broker connections' TLS context (None for ``amqp://``); see worker/tls.py."""
-        return tls.amqp_context(self.amqp_url, self.amqp_ca_file, self.amqp_cert_file, self.amqp_key_file)
+        contexts = [
+            tls.amqp_context(url, self.amqp_ca_file, self.amqp_cert_file, self.amqp_key_file) for url in self.amqp_urls
+        ]
+        return contexts[0]  # the same settings for every node: each URL checked, one context used
+
+    @property
+    def amqp_urls(self) -> list[str]:
+        """The broker nodes of ``DOCKHAND_AMQP_URL`` (one URL or a comma-separated list)."""
+        return split_urls(self.amqp_url)
 
     @cached_property
     def docker_endpoint(self) -> tls.DockerEndpoint:

@@ -188,9 +188,20 @@ async def test_http_endpoints_metrics_and_readiness(workers: WorkerFactory, sess
         try:
             base = worker.http_url
             assert await asyncio.to_thread(_get, f"{base}/healthz") == (200, '{"status": "alive"}')
-            status, body = await asyncio.to_thread(_get, f"{base}/readyz")
+            for _ in range(50):  # the leader lock (and with it the consumers) follows the ready line
+                status, body = await asyncio.to_thread(_get, f"{base}/readyz")
+                if json.loads(body).get("consuming"):
+                    break
+                await asyncio.sleep(0.1)
             assert status == 200, body
-            assert json.loads(body) == {"ready": True, "broker": True, "docker": True}
+            assert json.loads(body) == {
+                "ready": True,
+                "broker": True,
+                "docker": True,
+                "consumers": True,
+                "node": "localhost:5672",
+                "consuming": True,
+            }
 
             async with connect_client(worker, session_id) as client:
                 for _ in range(3):
