@@ -732,6 +732,80 @@ async def _tail(
     return seen, not done
 
 
+# --- dashboard --------------------------------------------------------------------------------
+
+
+@app.command()
+def dashboard(
+    bind: Annotated[
+        str, typer.Option("--bind", help="HOST:PORT to serve on; anything but loopback needs --token.")
+    ] = "127.0.0.1:8090",
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="DOCKHAND_DASHBOARD_TOKEN",
+            show_envvar=True,
+            show_default=False,
+            help="Bearer token every request must carry (open /?token=... once in the browser).",
+        ),
+    ] = None,
+    list_interval: Annotated[
+        float, typer.Option("--list-interval", min=1.0, help="Seconds between workspace.list rounds per live host.")
+    ] = 15.0,
+    silent_after: Annotated[
+        float,
+        typer.Option("--silent-after", min=1.0, help="Heartbeat intervals without one before a host is silent."),
+    ] = 3.0,
+    label_prefix: Annotated[
+        str,
+        typer.Option(
+            "--label-prefix", envvar="DOCKHAND_LABEL_PREFIX", show_envvar=True, help="The workers' label prefix."
+        ),
+    ] = "dockhand",
+    amqp_url: AmqpUrl = DEFAULT_AMQP_URL,
+    exchange_prefix: ExchangePrefix = "dockhand",
+    amqp_ca_file: AmqpCaFile = None,
+    amqp_cert_file: AmqpCertFile = None,
+    amqp_key_file: AmqpKeyFile = None,
+) -> None:
+    """Serve a live, read-only page of the fleet: hosts, workspaces, services, events.
+
+    One page on 127.0.0.1:8090 by default, fed from the bus (heartbeats, events, failed results,
+    workspace.list per live host) and kept live in the browser by server-sent events.
+    """
+    with _errors():
+        from dockhand.dashboard import check_exposure, parse_bind, serve
+
+        try:
+            host, port = parse_bind(bind)
+            check_exposure(host, token)
+        except ValueError as err:
+            fail(str(err), EXIT_INVALID)
+        client = make_client(amqp_url, exchange_prefix, amqp_ca_file, amqp_cert_file, amqp_key_file)
+
+        def ready(url: str) -> None:
+            typer.echo(f"dockhand: dashboard on {url} (Ctrl-C to stop)", err=True)
+
+        try:
+            _run_async(
+                serve(
+                    client,
+                    host=host,
+                    port=port,
+                    token=token,
+                    list_interval_s=list_interval,
+                    silent_intervals=silent_after,
+                    label_prefix=label_prefix,
+                    on_ready=ready,
+                )
+            )
+        except OSError as err:
+            if isinstance(err, ConnectionError):
+                raise
+            fail(f"cannot serve on {bind}: {err.strerror or err}", EXIT_UNAVAILABLE)
+
+
 # --- cp ---------------------------------------------------------------------------------------
 
 _WS_PATH = re.compile(r"^([a-z0-9][a-z0-9_.-]{0,62}):(/.*)$")

@@ -26,7 +26,8 @@ REGISTRY_IMAGE=$REGISTRY/$REGISTRY_REPO:latest
 AMQP_URL=amqp://guest:guest@localhost:5672/
 
 # nginx-light: examples/proxy_routes.py and its test (tests/integration/test_example_proxy.py).
-APT_PACKAGES=(docker.io rabbitmq-server busybox-static docker-registry apache2-utils openssl nginx-light)
+# chromium: the dashboard's browser tests (driven by the Python playwright package, never `playwright install`).
+APT_PACKAGES=(docker.io rabbitmq-server busybox-static docker-registry apache2-utils openssl nginx-light chromium)
 
 log() { echo "infra: $*"; }
 die() { echo "infra: ERROR: $*" >&2; exit 1; }
@@ -86,8 +87,9 @@ PY
 ensure_packages() {
     local missing=()
     local cmd
-    # openssl: the TLS tests make their certificates with it; nginx: the proxy example's test.
-    for cmd in docker dockerd rabbitmq-server rabbitmq-diagnostics rabbitmqctl docker-registry htpasswd openssl nginx; do
+    # openssl: the TLS tests make their certificates with it; nginx: the proxy example's test;
+    # chromium: the dashboard's browser tests.
+    for cmd in docker dockerd rabbitmq-server rabbitmq-diagnostics rabbitmqctl docker-registry htpasswd openssl nginx chromium; do
         command -v "$cmd" >/dev/null || missing+=("$cmd")
     done
     # The image is FROM scratch, so it needs the statically linked busybox; Debian's plain

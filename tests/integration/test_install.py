@@ -91,6 +91,9 @@ def test_the_wheel_holds_only_the_dockhand_package(installed: Installed) -> None
     assert "dockhand/worker/app.py" in names
     assert "dockhand/schemas/__init__.py" in names
     assert "dockhand/client/__init__.py" in names
+    # The dashboard's page is package data (it is served from the installed package).
+    for static in ("index.html", "app.js", "app.css"):
+        assert f"dockhand/dashboard/static/{static}" in names
     committed = {p.name for p in (REPO / "schemas" / "json").glob("*.json")}
     packaged = {n.rsplit("/", 1)[1] for n in names if n.startswith("dockhand/schemas/json/") and n.endswith(".json")}
     assert committed
