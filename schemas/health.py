@@ -33,6 +33,13 @@ class EventStreamHealth(WireModel):
     published: int = 0
 
 
+class WorkspaceCount(WireModel):
+    """How many workspaces the host holds (``None`` until first read), and its limit, if any."""
+
+    count: int | None = None
+    limit: int | None = Field(default=None, description="DOCKHAND_MAX_WORKSPACES; absent: no limit")
+
+
 class Heartbeat(WireModel):
     """Published on ``<host_id>.heartbeat`` every interval and at once on a status change."""
 
@@ -48,3 +55,4 @@ class Heartbeat(WireModel):
     docker: DockerHealth
     commands: CommandCounters
     events: EventStreamHealth
+    workspaces: WorkspaceCount = Field(default_factory=WorkspaceCount)

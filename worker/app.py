@@ -25,6 +25,7 @@ from dockhand.schemas import (
     Result,
     WireModel,
 )
+from dockhand.schemas.events import WorkspaceExpired
 from dockhand.schemas.results import ExecOutputChunk
 
 from . import __version__, tls
@@ -33,6 +34,7 @@ from .dispatch import Dispatcher
 from .docker import DockerOps
 from .endpoints import Endpoints, HttpPortError
 from .events import EventStream
+from .expiry import Expiry
 from .health import HealthMonitor
 from .labels import Labels
 from .leadership import Leadership
@@ -58,6 +60,7 @@ def _document_outputs(broker: RabbitBroker, topology: Topology, host: str) -> No
         (topology.results, f"{host}.{{type}}.{{status}}", Result, "The result of every command"),
         (topology.events, f"{host}.container.{{action}}", ContainerEvent, "Docker container events"),
         (topology.events, f"{host}.network.{{action}}", NetworkEvent, "Docker network events"),
+        (topology.events, f"{host}.workspace.expired", WorkspaceExpired, "A workspace reached its deadline (ttl_s)"),
         (topology.events, f"{host}.discovery.{{change}}", DiscoveryEvent, "Discovery added/removed/updated/invalid"),
         (topology.events, f"{host}.discovery.snapshot", DiscoverySnapshot, "The whole discovered service set"),
         (topology.health, f"{host}.heartbeat", Heartbeat, "Health heartbeat"),
@@ -125,6 +128,7 @@ class Runtime:
         self.stream: EventStream | None = None
         self.health: HealthMonitor | None = None
         self.leadership: Leadership | None = None
+        self.expiry: Expiry | None = None
         telemetry.observe(
             "dockhand.commands.in_flight",
             "Commands running now",
@@ -225,6 +229,12 @@ class Runtime:
             require_healthy=self.settings.discovery_require_healthy,
         )
         self.stream = stream = EventStream(ops, self.settings, discovery, self._counted(self._events("dockhand.event")))
+        self.expiry = Expiry(
+            ops,
+            self._counted(self._events("dockhand.event")),
+            rescan_s=self.settings.expiry_rescan_s,
+            stop_timeout_s=self.settings.expiry_stop_timeout_s,
+        )
         self.health = HealthMonitor(
             ops,
             self.settings,
@@ -267,23 +277,25 @@ class Runtime:
         # This worker now publishes the host's events: a new epoch, so that consumers resync
         # (another worker, or this one before it stood down, may have published meanwhile).
         self.sequencer.new_epoch()
-        if self.stream is not None:
-            self.stream.start()
+        for job in (self.stream, self.expiry):
+            if job is not None:
+                job.start()
 
     async def stand_by(self) -> None:
         """Another worker holds the lock: stop consuming and publishing events."""
         self.dispatcher.active = False
         for subscriber in self.broker.subscribers:
             await subscriber.stop()
-        if self.stream is not None:
-            await self.stream.stop()
+        for job in (self.stream, self.expiry):
+            if job is not None:
+                await job.stop()
 
     async def drain(self) -> None:
         """On shutdown: no new deliveries, running commands finish, background jobs stop."""
         for subscriber in self.broker.subscribers:
             await subscriber.stop()  # basic.cancel: no new deliveries, acks still work
         await self.dispatcher.drain(self.settings.shutdown_grace_s)
-        for job in (self.leadership, self.stream, self.health):
+        for job in (self.leadership, self.expiry, self.stream, self.health):
             if job is not None:
                 await job.stop()
 

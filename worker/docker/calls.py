@@ -26,6 +26,7 @@ from ..policy import Policy
 from ..retry import once_then_retry
 from ..settings import Settings
 from ..telemetry import Telemetry
+from .census import Census
 
 log = logging.getLogger("dockhand.docker")
 
@@ -50,6 +51,7 @@ class DockerCalls:
         self.labels = labels
         self.policy = policy
         self.host_id = settings.host_id
+        self.census = Census(settings.max_workspaces, settings.host_id)
         # Whether Docker answers: the health probe, the event stream and every call keep it
         # current (see mark_available / mark_unavailable); while off, calls fail fast.
         self.available = True

@@ -24,6 +24,7 @@ from .host import Host
 from .images import Images
 from .models import listed
 from .networks import Networks
+from .snapshots import Snapshots
 from .volumes import Volumes
 
 log = logging.getLogger("dockhand.docker")
@@ -68,6 +69,7 @@ class Creator:
     networks: Networks
     volumes: Volumes
     host: Host
+    snapshots: Snapshots
     _bind_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     def check(self, p: WorkspaceCreate) -> WorkspaceCreate:
@@ -100,14 +102,32 @@ class Creator:
 
         Everything is checked before anything is made (image, bind sources against the live
         mounts of this host, volume ownership, the network); what this create then makes —
-        network, volumes, container — is removed again when a later step fails.
+        network, volumes, container — is removed again when a later step fails. A host at its
+        DOCKHAND_MAX_WORKSPACES says ``capacity`` before any Docker call (see census.py).
         """
         resolved = self.check(p)
+        census = self.ops.census
+        if census.limit is not None and census.known is None:  # not yet read by the event stream
+            census.replace({w.workspace_id for w in await self._listed()})
+        with census.admit(p.workspace_id):
+            workspace = await self._create(p, resolved)
+        census.add(p.workspace_id)
+        return workspace
+
+    async def _listed(self) -> list[Workspace]:
+        infos = await self.containers.inspect_each(await self.containers.list_managed())
+        return [self.containers.workspace(info) for info in infos]
+
+    async def _create(self, p: WorkspaceCreate, resolved: WorkspaceCreate) -> Workspace:
         wanted = spec_hash(p)
         existing = await self.containers.find(p.workspace_id)
         if existing is not None:
             return await self._adopt(existing, p, wanted)
-        image = await self.images.ensure(p.image, p.pull, p.registry_auth)
+        snapshot = self.ops.policy.is_snapshot(p.image)
+        # A snapshot is never pulled (pull policy "never" implied), and must be this host's own.
+        image = await self.images.ensure(p.image, "never" if snapshot else p.pull, p.registry_auth)
+        if snapshot:
+            await self.snapshots.check_use(p.image, image)
         subject = self.ops.subject(p.workspace_id)
         published_ports(p, image, subject)  # an image that exposes too much is refused before anything is made
         plan = _Plan(p, resolved, wanted, image, subject)
