@@ -218,6 +218,8 @@ class WorkspaceCreate(WireModel):
     def _shared_volumes(self) -> WorkspaceCreate:
         if self.project is None and any(m.share == "project" for m in self.mounts):
             raise ValueError('a volume shared with "project" needs the workspace\'s project')
+        if not self.egress and self.ports:
+            raise ValueError("egress: false publishes no ports (Docker maps none on an internal network)")
         return self
 
 

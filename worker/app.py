@@ -36,6 +36,7 @@ from .endpoints import Endpoints, HttpPortError
 from .events import EventStream
 from .expiry import Expiry
 from .health import HealthMonitor
+from .janitor import Janitor
 from .labels import Labels
 from .leadership import Leadership
 from .policy import Policy
@@ -129,6 +130,7 @@ class Runtime:
         self.health: HealthMonitor | None = None
         self.leadership: Leadership | None = None
         self.expiry: Expiry | None = None
+        self.janitor: Janitor | None = None
         telemetry.observe(
             "dockhand.commands.in_flight",
             "Commands running now",
@@ -235,6 +237,7 @@ class Runtime:
             rescan_s=self.settings.expiry_rescan_s,
             stop_timeout_s=self.settings.expiry_stop_timeout_s,
         )
+        self.janitor = Janitor(ops)
         self.health = HealthMonitor(
             ops,
             self.settings,
@@ -277,7 +280,7 @@ class Runtime:
         # This worker now publishes the host's events: a new epoch, so that consumers resync
         # (another worker, or this one before it stood down, may have published meanwhile).
         self.sequencer.new_epoch()
-        for job in (self.stream, self.expiry):
+        for job in (self.stream, self.expiry, self.janitor):
             if job is not None:
                 job.start()
 
@@ -286,7 +289,7 @@ class Runtime:
         self.dispatcher.active = False
         for subscriber in self.broker.subscribers:
             await subscriber.stop()
-        for job in (self.stream, self.expiry):
+        for job in (self.stream, self.expiry, self.janitor):
             if job is not None:
                 await job.stop()
 
@@ -295,7 +298,7 @@ class Runtime:
         for subscriber in self.broker.subscribers:
             await subscriber.stop()  # basic.cancel: no new deliveries, acks still work
         await self.dispatcher.drain(self.settings.shutdown_grace_s)
-        for job in (self.leadership, self.expiry, self.stream, self.health):
+        for job in (self.leadership, self.janitor, self.expiry, self.stream, self.health):
             if job is not None:
                 await job.stop()
 

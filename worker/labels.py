@@ -42,6 +42,8 @@ class Labels:
     """On a lease volume: the workspace whose deadline it moves ..."""
     lease_container = _Key("lease.container")
     """... and that workspace's container (a lease of an earlier container means nothing)."""
+    egress = _Key("egress")
+    """On a workspace: ``false`` when it may join only egress-free networks."""
     snapshot_of = _Key("snapshot.of")
     """On an image: the workspace this host's snapshot was taken of."""
     owner = _Key("owner")

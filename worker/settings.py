@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     expiry_stop_timeout_s: int = Field(default=2, ge=0, le=3600)
     max_workspaces: int | None = Field(default=None, ge=1)
     # Where snapshots are named: <repository>/<workspace_id>:<tag> (never pulled, never pushed).
+    # Garbage (see worker/docker/garbage.py): reported every gc_interval_s, removed only with gc.
+    gc: bool = False
+    gc_interval_s: float = Field(default=300.0, gt=0)
+    gc_grace_s: float = Field(default=3600.0, ge=0)
+    snapshot_max_age_s: float | None = Field(default=None, gt=0)
     snapshot_repository: str = Field(default="dockhand-snapshots", pattern=r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
     discovery_require_healthy: bool = False
     docker_timeout_s: float = Field(default=60.0, gt=0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -257,3 +258,122 @@ async def _heartbeat(worker: WorkerProcess) -> dict[str, Any]:
             "heartbeat", lambda b: b.get("host_id") == worker.host_id and b.get("role") == "active", timeout=30
         )
         return beats[-1]
+
+
+async def _probe(client: Client, ws: str, address: str, port: int) -> bool:
+    """Whether ``ws`` can open a TCP connection to ``address:port`` (busybox nc, 2 s)."""
+    reply = await client.send(
+        "workspace.exec",
+        {"workspace_id": ws, "command": ["sh", "-c", f"echo | nc -w 2 {address} {port} >/dev/null 2>&1"]},
+    )
+    assert reply["status"] == "succeeded", reply
+    return bool(reply["result"]["exit_code"] == 0)
+
+
+def _ip(info: dict[str, Any]) -> str:
+    return next(iter(info["NetworkSettings"]["Networks"].values()))["IPAddress"]
+
+
+async def test_an_egress_free_workspace_reaches_its_peers_and_nothing_else(
+    client: Client, docker: aiodocker.Docker, test_image: str
+) -> None:
+    serve = ["sh", "-c", "mkdir -p /w && echo hi > /w/index.html && exec httpd -f -p 8080 -h /w"]
+    sealed, sealed_reply = await _create(client, test_image, "sealed", egress=False)
+    peer, peer_reply = await _create(client, test_image, "peer", egress=False, command=serve)
+    open_ws, open_reply = await _create(client, test_image, "open", command=serve, ports=[8080])
+    try:
+        sealed_info = await docker.containers.container(sealed_reply["result"]["container_id"]).show()
+        peer_info = await docker.containers.container(peer_reply["result"]["container_id"]).show()
+        open_info = await docker.containers.container(open_reply["result"]["container_id"]).show()
+        (network,) = sealed_info["NetworkSettings"]["Networks"]
+        assert network == f"dhtest-{client.session_id}-noegress"
+        assert (await (await docker.networks.get(network)).show())["Internal"] is True
+        host_bridge = (await (await docker.networks.get(next(iter(open_info["NetworkSettings"]["Networks"])))).show())[
+            "IPAM"
+        ]["Config"][0]["Gateway"]
+        published = open_reply["result"]["ports"][0]["host_port"]
+        # The control: a workspace with egress reaches the host's bridge address (RabbitMQ listens
+        # on every address of this machine), so the refusals below are the network's doing.
+        assert await _probe(client, open_ws, host_bridge, 5672)
+        assert await _probe(client, sealed, _ip(peer_info), 8080)  # a peer on its network
+        assert not await _probe(client, sealed, host_bridge, 5672)  # the host
+        assert not await _probe(client, sealed, "172.17.0.1", 5672)  # docker0, the host again
+        assert not await _probe(client, sealed, "127.0.0.1", published)  # a loopback-published port
+        assert not await _probe(client, sealed, _ip(open_info), 8080)  # another network
+        # Exec (above) and files work; joining a network with egress does not.
+        put = await client.send(
+            "workspace.put_files",
+            {"workspace_id": sealed, "files": [{"path": "/tmp/x", "content": base64.b64encode(b"x").decode()}]},
+        )
+        assert put["status"] == "succeeded", put
+        joined = await client.send(
+            "network.connect", {"network": f"dhtest-{client.session_id}", "workspace_id": sealed}
+        )
+        assert joined["status"] == "failed", joined
+        assert joined["error"]["code"] == "forbidden", joined
+        assert not sealed_info["HostConfig"]["PortBindings"]
+    finally:
+        for ws in (sealed, peer, open_ws):
+            await client.send("workspace.remove", {"workspace_id": ws, "force": True})
+    with_ports = await client.send(
+        "workspace.create",
+        {"workspace_id": client.ws_id("sealed-ports"), "image": test_image, "egress": False, "ports": [80]},
+    )
+    assert with_ports["status"] == "rejected", with_ports
+    on_open = await client.send(
+        "workspace.create",
+        {
+            "workspace_id": client.ws_id("sealed-open"),
+            "image": test_image,
+            "egress": False,
+            "network": f"dhtest-{client.session_id}",
+            "labels": client.labels(),
+        },
+    )
+    assert on_open["status"] == "failed", on_open
+    assert on_open["error"]["code"] == "forbidden", on_open
+
+
+async def _volumes(docker: aiodocker.Docker, label: str) -> set[str]:
+    answer = await docker.volumes.list(filters={"label": [label]})
+    return {v["Name"] for v in answer["Volumes"] or []}
+
+
+async def test_gc_removes_an_old_orphaned_volume_only(
+    workers: WorkerFactory, session_id: str, docker: aiodocker.Docker, test_image: str
+) -> None:
+    worker = await asyncio.to_thread(
+        workers.start, "gc", DOCKHAND_GC="true", DOCKHAND_GC_INTERVAL_S="1", DOCKHAND_GC_GRACE_S="4"
+    )
+    unmanaged = f"dhtest-{session_id}-unmanaged"
+    await docker.volumes.create({"Name": unmanaged, "Labels": {"dockhand-test.session": session_id}})
+    try:
+        async with connect_client(worker, session_id) as client:
+            mine = f"dockhand.host={worker.host_id}"
+
+            async def orphan(name: str) -> str:
+                volume = f"dhtest-{session_id}-{name}"
+                ws, _ = await _create(client, test_image, name, mounts=[{"source": volume, "target": "/data"}])
+                await client.send("workspace.remove", {"workspace_id": ws, "force": True})  # the volume stays
+                return volume
+
+            old = await orphan("gc-old")
+            kept, _ = await _create(client, test_image, "gc-used", ttl_s=600)
+            await client.send("workspace.extend", {"workspace_id": kept, "ttl_s": 600})  # a live lease
+            assert old in await _volumes(docker, mine)
+            await asyncio.sleep(3)
+            fresh = await orphan("gc-fresh")  # made a grace period after the old one
+            deadline = time.monotonic() + 8
+            while old in await _volumes(docker, mine) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            left = await _volumes(docker, mine)
+            assert old not in left  # orphaned and older than the grace: removed
+            assert fresh in left  # orphaned but young: kept (for now)
+            assert any(v.startswith(f"dockhand-lease-{kept}-") for v in left)  # its workspace lives
+            assert unmanaged in await _volumes(docker, f"dockhand-test.session={session_id}")  # not ours
+            assert "unused and older than 4 s" in worker.log()
+            await client.send("workspace.remove", {"workspace_id": kept, "force": True})
+    finally:
+        worker.stop()
+        with contextlib.suppress(aiodocker.DockerError):
+            await (await docker.volumes.get(unmanaged)).delete()

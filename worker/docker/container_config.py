@@ -69,6 +69,8 @@ def published_ports(p: WorkspaceCreate, image: JSON, subject: str) -> list[str]:
     """The container ports to publish: ``ports``, else the image's EXPOSE — which obeys the
     same limits (at most MAX_PORTS, no sctp), or the create is refused: an image is as
     untrusted as the command naming it."""
+    if not p.egress:
+        return []  # Docker publishes no port of an internal network (the create refuses `ports`)
     if p.ports is not None:
         return [str(port) for port in p.ports]
     exposed = sorted(((image.get("Config") or {}).get("ExposedPorts") or {}).keys())
@@ -120,6 +122,8 @@ def container_labels(p: WorkspaceCreate, image: JSON, labels: Labels, target: Ta
         labels.created: now.isoformat().replace("+00:00", "Z"),
         labels.spec_hash: target.spec_hash,
     }
+    if not p.egress:
+        workspace[labels.egress] = "false"
     if p.ttl_s is not None:
         workspace[labels.expires_at] = (now + timedelta(seconds=p.ttl_s)).isoformat().replace("+00:00", "Z")
         workspace[labels.on_expiry] = p.on_expiry

@@ -23,7 +23,7 @@ from .containers import Containers
 from .host import Host
 from .images import Images
 from .models import listed
-from .networks import Networks
+from .networks import Networks, egress_free
 from .snapshots import Snapshots
 from .volumes import Volumes
 
@@ -136,12 +136,18 @@ class Creator:
         async with self._bind_lock if plan.binds else contextlib.nullcontext():
             await self._check_binds_live(plan.binds, subject)
             missing_volumes = await self.volumes.check(p)
-            network = p.network or self.ops.default_network()
+            network = p.network or self.ops.default_network(egress=p.egress)
             net = await self.networks.joinable(network, subject)
+            if net is not None and not p.egress and not egress_free(net):
+                raise DockhandError(
+                    ErrorCode.FORBIDDEN,
+                    f"{subject}: an egress-free workspace joins only an internal network this host made; "
+                    f"{network} is not one",
+                )
             async with self.networks.attach_lock(net["Name"] if net is not None else network):
                 made = _Made()
                 try:
-                    net = net or await self._make_network(network, made, subject)
+                    net = net or await self._make_network(network, made, subject, internal=not p.egress)
                     adopted = await self._make(plan, net, missing_volumes, made)
                 except BaseException:
                     await self._undo(made, subject)
@@ -159,14 +165,16 @@ class Creator:
                 raise
         return self.containers.workspace(await self.containers.get(p.workspace_id), created=True)
 
-    async def _make_network(self, network: str, made: _Made, subject: str) -> JSON:
-        ensured = await self.networks.ensure(NetworkEnsure(name=network))
+    async def _make_network(self, network: str, made: _Made, subject: str, *, internal: bool) -> JSON:
+        ensured = await self.networks.ensure(NetworkEnsure(name=network, internal=internal))
         if ensured.created:
             made.network = ensured.network_id
         # By id from here on: a name can be briefly ambiguous (see Networks._deduplicate).
         net = await self.networks.joinable(ensured.network_id, subject)
         if net is None:
             raise DockhandError(ErrorCode.CONFLICT, f"{subject}: network {network} vanished")
+        if internal and not egress_free(net):  # made meanwhile by someone else, with egress
+            raise DockhandError(ErrorCode.FORBIDDEN, f"{subject}: network {network} is not egress-free")
         return net
 
     async def _make(self, plan: _Plan, net: JSON, missing_volumes: list[Mount], made: _Made) -> Workspace | None:
