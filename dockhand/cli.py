@@ -558,6 +558,7 @@ class Kind(StrEnum):
     container = "container"
     network = "network"
     discovery = "discovery"
+    workspace = "workspace"
     health = "health"
 
 

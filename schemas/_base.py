@@ -67,6 +67,8 @@ ImageRef = Annotated[
     AfterValidator(_check_image_ref),
 ]
 ShortText = Annotated[str, StringConstraints(max_length=256)]
+# Docker's tag grammar: a word character first, then up to 127 of [A-Za-z0-9_.-].
+ImageTag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")]
 Grouping = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")]
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_./-]{0,127}$")]
 LabelValue = Annotated[str, StringConstraints(max_length=4096)]

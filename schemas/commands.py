@@ -30,6 +30,7 @@ from ._base import (
     EnvValue,
     Grouping,
     ImageRef,
+    ImageTag,
     LabelKey,
     LabelValue,
     PortString,
@@ -47,6 +48,8 @@ WorkspaceState = Literal["created", "running", "paused", "restarting", "removing
 
 
 MAX_PORTS = 64
+MAX_TTL_S = 366 * 24 * 3600
+"""The longest time to live a workspace may be given (``ttl_s``): a year and a day."""
 """At most this many container ports are published per workspace (``ports`` or the image's EXPOSE)."""
 MIN_CPUS = 0.01
 """Docker's smallest CPU limit (``NanoCpus`` 10 000 000)."""
@@ -180,6 +183,11 @@ class WorkspaceCreate(WireModel):
     pull: Literal["missing", "always", "never"] = "missing"
     registry_auth: RegistryAuth | None = None
     start: bool = True
+    ttl_s: int | None = Field(
+        default=None, ge=1, le=MAX_TTL_S, description="the workspace expires this many seconds after creation"
+    )
+    on_expiry: Literal["stop", "remove"] = Field(default="stop", description="what expiry does to it")
+    egress: bool = Field(default=True, description="false: the workspace reaches no address outside its own networks")
 
     @field_validator("ports")
     @classmethod
@@ -210,6 +218,8 @@ class WorkspaceCreate(WireModel):
     def _shared_volumes(self) -> WorkspaceCreate:
         if self.project is None and any(m.share == "project" for m in self.mounts):
             raise ValueError('a volume shared with "project" needs the workspace\'s project')
+        if not self.egress and self.ports:
+            raise ValueError("egress: false publishes no ports (Docker maps none on an internal network)")
         return self
 
 
@@ -232,6 +242,20 @@ class WorkspaceRemove(WireModel):
     workspace_id: WorkspaceId
     force: bool = False
     remove_volumes: bool = False
+
+
+class WorkspaceExtend(WireModel):
+    """Payload of ``workspace.extend``: the workspace now expires ``ttl_s`` seconds from now."""
+
+    workspace_id: WorkspaceId
+    ttl_s: int = Field(ge=1, le=MAX_TTL_S)
+
+
+class WorkspaceSnapshot(WireModel):
+    """Payload of ``workspace.snapshot``: commit the workspace to an image of this host's."""
+
+    workspace_id: WorkspaceId
+    tag: ImageTag | None = Field(default=None, description="default: the time of the snapshot, UTC")
 
 
 class WorkspaceListQuery(WireModel):
@@ -387,6 +411,12 @@ class ImageRef_(WireModel):
     image: ImageRef
 
 
+class ImageRemove(WireModel):
+    """Payload of ``image.remove``: only images this host made (snapshots)."""
+
+    image: ImageRef
+
+
 class Empty(WireModel):
     """Payload of commands that take no arguments (``discovery.list``, ``host.info``)."""
 
@@ -457,6 +487,16 @@ class WorkspaceGetFileCommand(CommandBase):
     payload: WorkspaceGetFile
 
 
+class WorkspaceExtendCommand(CommandBase):
+    type: Literal["workspace.extend"]
+    payload: WorkspaceExtend
+
+
+class WorkspaceSnapshotCommand(CommandBase):
+    type: Literal["workspace.snapshot"]
+    payload: WorkspaceSnapshot
+
+
 class NetworkEnsureCommand(CommandBase):
     type: Literal["network.ensure"]
     payload: NetworkEnsure
@@ -487,6 +527,11 @@ class ImageInspectCommand(CommandBase):
     payload: ImageRef_
 
 
+class ImageRemoveCommand(CommandBase):
+    type: Literal["image.remove"]
+    payload: ImageRemove
+
+
 class DiscoveryListCommand(CommandBase):
     type: Literal["discovery.list"]
     payload: Empty = Field(default_factory=Empty)
@@ -509,12 +554,15 @@ Command = Annotated[
     | WorkspaceLogsCommand
     | WorkspacePutFilesCommand
     | WorkspaceGetFileCommand
+    | WorkspaceExtendCommand
+    | WorkspaceSnapshotCommand
     | NetworkEnsureCommand
     | NetworkConnectCommand
     | NetworkDisconnectCommand
     | NetworkRemoveCommand
     | ImagePullCommand
     | ImageInspectCommand
+    | ImageRemoveCommand
     | DiscoveryListCommand
     | HostInfoCommand,
     Field(discriminator="type"),

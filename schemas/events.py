@@ -63,6 +63,14 @@ class NetworkEvent(Event):
     attributes: dict[str, Any] = Field(default_factory=dict)
 
 
+class WorkspaceExpired(Event):
+    """A workspace reached its deadline (``ttl_s``) and was stopped or removed; published once."""
+
+    type: Literal["workspace.expired"] = "workspace.expired"
+    workspace_id: str
+    action: Literal["stopped", "removed"]
+
+
 class InvalidService(WireModel):
     container_id: str
     container_name: str

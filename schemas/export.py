@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from .commands import Command
-from .events import ContainerEvent, DiscoveryEvent, DiscoverySnapshot, NetworkEvent
+from .events import ContainerEvent, DiscoveryEvent, DiscoverySnapshot, NetworkEvent, WorkspaceExpired
 from .health import Heartbeat
 from .results import ExecOutputChunk, Result
 
@@ -22,6 +22,7 @@ MESSAGES: dict[str, Any] = {
     "network-event": NetworkEvent,
     "discovery-event": DiscoveryEvent,
     "discovery-snapshot": DiscoverySnapshot,
+    "workspace-event": WorkspaceExpired,
     "heartbeat": Heartbeat,
     "exec-output": ExecOutputChunk,
 }

@@ -45,6 +45,13 @@ class BrokerHealth(WireModel):
     )
 
 
+class WorkspaceCount(WireModel):
+    """How many workspaces the host holds (``None`` until first read), and its limit, if any."""
+
+    count: int | None = None
+    limit: int | None = Field(default=None, description="DOCKHAND_MAX_WORKSPACES; absent: no limit")
+
+
 class Heartbeat(WireModel):
     """Published on ``<host_id>.heartbeat`` every interval and at once on a status change."""
 
@@ -61,3 +68,4 @@ class Heartbeat(WireModel):
     commands: CommandCounters
     events: EventStreamHealth
     broker: BrokerHealth | None = None
+    workspaces: WorkspaceCount = Field(default_factory=WorkspaceCount)

@@ -73,10 +73,26 @@ class Workspace(WireModel):
     owner: str | None = Field(default=None, description="the sender that created it (tenancy on), else absent")
     created_at: datetime | None = None
     started_at: datetime | None = None
+    expires_at: datetime | None = Field(default=None, description="when it expires (ttl_s), else absent")
 
 
 class WorkspaceRemoved(WireModel):
     workspace_id: str
+    removed: bool
+
+
+class SnapshotMade(WireModel):
+    """The result of ``workspace.snapshot``: an image ``workspace.create`` takes as its ``image``."""
+
+    workspace_id: str
+    image: str
+    image_id: str
+
+
+class ImageRemoved(WireModel):
+    """The result of ``image.remove``; ``removed: false``: there was no such image."""
+
+    image: str
     removed: bool
 
 
@@ -226,6 +242,8 @@ ResultBody = (
     | ImageInfo
     | ServiceList
     | HostInfo
+    | SnapshotMade
+    | ImageRemoved
 )
 
 RESULT_MODELS: dict[str, type[WireModel]] = {
@@ -240,12 +258,15 @@ RESULT_MODELS: dict[str, type[WireModel]] = {
     "workspace.logs": LogLines,
     "workspace.put_files": FilesWritten,
     "workspace.get_file": FileContent,
+    "workspace.extend": Workspace,
+    "workspace.snapshot": SnapshotMade,
     "network.ensure": NetworkEnsured,
     "network.connect": NetworkAttachment,
     "network.disconnect": NetworkAttachment,
     "network.remove": NetworkRemoved,
     "image.pull": ImagePulled,
     "image.inspect": ImageInfo,
+    "image.remove": ImageRemoved,
     "discovery.list": ServiceList,
     "host.info": HostInfo,
 }

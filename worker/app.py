@@ -26,6 +26,7 @@ from dockhand.schemas import (
     Result,
     WireModel,
 )
+from dockhand.schemas.events import WorkspaceExpired
 from dockhand.schemas.health import BrokerHealth
 from dockhand.schemas.results import ExecOutputChunk
 
@@ -36,7 +37,9 @@ from .dispatch import Dispatcher
 from .docker import DockerOps
 from .endpoints import Endpoints, HttpPortError
 from .events import EventStream
+from .expiry import Expiry
 from .health import HealthMonitor
+from .janitor import Janitor
 from .labels import Labels
 from .leadership import Leadership
 from .policy import Policy
@@ -62,6 +65,7 @@ def _document_outputs(broker: RabbitBroker, topology: Topology, host: str) -> No
         (topology.results, f"{host}.{{type}}.{{status}}", Result, "The result of every command"),
         (topology.events, f"{host}.container.{{action}}", ContainerEvent, "Docker container events"),
         (topology.events, f"{host}.network.{{action}}", NetworkEvent, "Docker network events"),
+        (topology.events, f"{host}.workspace.expired", WorkspaceExpired, "A workspace reached its deadline (ttl_s)"),
         (topology.events, f"{host}.discovery.{{change}}", DiscoveryEvent, "Discovery added/removed/updated/invalid"),
         (topology.events, f"{host}.discovery.snapshot", DiscoverySnapshot, "The whole discovered service set"),
         (topology.health, f"{host}.heartbeat", Heartbeat, "Health heartbeat"),
@@ -135,6 +139,8 @@ class Runtime:
         # Held while the subscribers are started or stopped (fail-over, drain, the watchdog's
         # re-creation), so that those never interleave.
         self.subscriptions = asyncio.Lock()
+        self.expiry: Expiry | None = None
+        self.janitor: Janitor | None = None
         telemetry.observe(
             "dockhand.commands.in_flight",
             "Commands running now",
@@ -244,6 +250,13 @@ class Runtime:
             require_healthy=self.settings.discovery_require_healthy,
         )
         self.stream = stream = EventStream(ops, self.settings, discovery, self._counted(self._events("dockhand.event")))
+        self.expiry = Expiry(
+            ops,
+            self._counted(self._events("dockhand.event")),
+            rescan_s=self.settings.expiry_rescan_s,
+            stop_timeout_s=self.settings.expiry_stop_timeout_s,
+        )
+        self.janitor = Janitor(ops)
         self.health = HealthMonitor(
             ops,
             self.settings,
@@ -299,8 +312,9 @@ class Runtime:
         # This worker now publishes the host's events: a new epoch, so that consumers resync
         # (another worker, or this one before it stood down, may have published meanwhile).
         self.sequencer.new_epoch()
-        if self.stream is not None:
-            self.stream.start()
+        for job in (self.stream, self.expiry, self.janitor):
+            if job is not None:
+                job.start()
 
     async def stand_by(self) -> None:
         """Another worker holds the lock: stop consuming and publishing events."""
@@ -308,8 +322,9 @@ class Runtime:
             self.dispatcher.active = False
             for subscriber in self.broker.subscribers:
                 await subscriber.stop()
-        if self.stream is not None:
-            await self.stream.stop()
+        for job in (self.stream, self.expiry, self.janitor):
+            if job is not None:
+                await job.stop()
 
     async def drain(self) -> None:
         """On shutdown: no new deliveries, running commands finish, background jobs stop."""
@@ -319,7 +334,7 @@ class Runtime:
             for subscriber in self.broker.subscribers:
                 await subscriber.stop()  # basic.cancel: no new deliveries, acks still work
         await self.dispatcher.drain(self.settings.shutdown_grace_s)
-        for job in (self.leadership, self.stream, self.health):
+        for job in (self.leadership, self.janitor, self.expiry, self.stream, self.health):
             if job is not None:
                 await job.stop()
 

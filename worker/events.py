@@ -264,6 +264,7 @@ class EventStream(Background):
             return {c["Id"]: (c["Labels"] or {}).get(names.workspace_id, "") for c in containers}
 
         self._workspaces = await self.ops.call("container.list", fetch, subject=f"workspaces on {self.ops.host_id}")
+        self.ops.census.replace({w for w in self._workspaces.values() if w})
 
     async def _handle(self, event: dict[str, Any], received: float) -> None:
         kind = event.get("Type")
@@ -313,8 +314,11 @@ class EventStream(Background):
             workspace_id = labels.get(names.workspace_id)
             if workspace_id:
                 self._workspaces[container_id] = workspace_id
+                self.ops.census.add(workspace_id)
         if action == "destroy":
-            self._workspaces.pop(container_id, None)
+            gone = self._workspaces.pop(container_id, None)
+            if gone:
+                self.ops.census.discard(gone)
         name = action.replace("health_status: ", "health.")
         extra: dict[str, Any] = {}
         if "exitCode" in attributes:

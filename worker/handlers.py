@@ -14,18 +14,21 @@ from dockhand.schemas.commands import (
     Empty,
     ImagePull,
     ImageRef_,
+    ImageRemove,
     NetworkConnect,
     NetworkDisconnect,
     NetworkEnsure,
     NetworkRemove,
     WorkspaceCreate,
     WorkspaceExec,
+    WorkspaceExtend,
     WorkspaceGetFile,
     WorkspaceListQuery,
     WorkspaceLogs,
     WorkspacePutFiles,
     WorkspaceRef,
     WorkspaceRemove,
+    WorkspaceSnapshot,
     WorkspaceStop,
 )
 from dockhand.schemas.results import ServiceList
@@ -58,6 +61,8 @@ HANDLERS: dict[str, Handler] = {
     "workspace.list": _on(WorkspaceListQuery, lambda p, ops: ops.workspaces.query(p)),
     "workspace.exec": _on(WorkspaceExec, lambda p, ops: ops.workspaces.exec(p)),
     "workspace.logs": _on(WorkspaceLogs, lambda p, ops: ops.workspaces.logs(p)),
+    "workspace.extend": _on(WorkspaceExtend, lambda p, ops: ops.workspaces.extend(p)),
+    "workspace.snapshot": _on(WorkspaceSnapshot, lambda p, ops: ops.snapshots.make(p)),
     "workspace.put_files": _on(WorkspacePutFiles, lambda p, ops: ops.files.put(p)),
     "workspace.get_file": _on(WorkspaceGetFile, lambda p, ops: ops.files.get(p)),
     "network.ensure": _on(NetworkEnsure, lambda p, ops: ops.networks.ensure(p)),
@@ -66,6 +71,7 @@ HANDLERS: dict[str, Handler] = {
     "network.remove": _on(NetworkRemove, lambda p, ops: ops.networks.remove(p.name)),
     "image.pull": _on(ImagePull, lambda p, ops: ops.images.pulled(p.image, p.registry_auth)),
     "image.inspect": _on(ImageRef_, lambda p, ops: ops.images.inspect(p.image)),
+    "image.remove": _on(ImageRemove, lambda p, ops: ops.snapshots.remove(p.image)),
     "discovery.list": _discovery_list,
     "host.info": _on(Empty, lambda p, ops: ops.host.info()),
 }
@@ -76,7 +82,7 @@ def check_policy(command_type: str, payload: WireModel, ops: DockerOps) -> None:
     """Policy checks that need no Docker call, so violations are rejected up front."""
     if isinstance(payload, WorkspaceCreate):
         ops.check_create(payload)
-    elif isinstance(payload, ImagePull | ImageRef_):
+    elif isinstance(payload, ImagePull | ImageRef_ | ImageRemove):
         ops.policy.check_image(payload.image)
     elif isinstance(payload, NetworkEnsure):
         ops.policy.check_labels(payload.labels, f"network {payload.name}")

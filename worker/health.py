@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
 from dockhand.schemas import Heartbeat, Status, utcnow
-from dockhand.schemas.health import BrokerHealth, CommandCounters, DockerHealth, EventStreamHealth
+from dockhand.schemas.health import BrokerHealth, CommandCounters, DockerHealth, EventStreamHealth, WorkspaceCount
 
 from .background import Background
 from .docker import DockerOps
@@ -154,6 +154,7 @@ class HealthMonitor(Background):
                 rejected=by_status[Status.REJECTED],
                 expired=by_status[Status.EXPIRED],
             ),
+            workspaces=WorkspaceCount(count=self.ops.census.count, limit=self.ops.census.limit),
             events=EventStreamHealth(
                 stream_connected=self.stream.connected,
                 last_event_at=self.stream.last_event_at,

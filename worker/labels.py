@@ -35,6 +35,17 @@ class Labels:
     """The create request's hash: a repeated create adopts only a workspace of the same spec."""
     volume_share = _Key("volume.share")
     """On a volume: who besides its creating workspace may mount it (``project``)."""
+    expires_at = _Key("expires-at")
+    """A workspace's deadline (``ttl_s``; on a lease volume, one moved by ``workspace.extend``)."""
+    on_expiry = _Key("on-expiry")
+    lease_of = _Key("lease.of")
+    """On a lease volume: the workspace whose deadline it moves ..."""
+    lease_container = _Key("lease.container")
+    """... and that workspace's container (a lease of an earlier container means nothing)."""
+    egress = _Key("egress")
+    """On a workspace: ``false`` when it may join only egress-free networks."""
+    snapshot_of = _Key("snapshot.of")
+    """On an image: the workspace this host's snapshot was taken of."""
     owner = _Key("owner")
     """The sender that created the object (tenancy on)."""
 

@@ -59,11 +59,17 @@ class Policy:
             _IMAGE_REF.validate_python(image)
         except ValidationError:
             raise rejected(ErrorCode.INVALID_COMMAND, f"image {image[:200]!r} is not a valid image reference") from None
+        if self.is_snapshot(image):
+            return  # never pulled: a snapshot must be on this host, made by it (checked at use)
         allowed = {normalise_registry(r) for r in self._settings.allowed_registries}
         if allowed and image_registry(image) not in allowed:
             raise self._forbidden(
                 f"image {image}: registry {image_registry(image)} is not in DOCKHAND_ALLOWED_REGISTRIES"
             )
+
+    def is_snapshot(self, image: str) -> bool:
+        """Whether a reference names a snapshot (under DOCKHAND_SNAPSHOT_REPOSITORY)."""
+        return image.startswith(self._settings.snapshot_repository + "/")
 
     def check_labels(self, labels: dict[str, str], what: str) -> None:
         """User labels must not use dockhand's prefixes nor Docker's namespaces, in any case."""

@@ -111,6 +111,18 @@ class Settings(BaseSettings):
     event_queue_size: int = Field(default=10_000, ge=10)
     event_reconnect_max_s: float = Field(default=2.0, gt=0)
     reconcile_interval_s: float = Field(default=300.0, gt=0)
+    # Workspace lifetime (contract v1.1): deadlines are re-read from Docker this often (a create
+    # or extend on this worker wakes the loop at once); an expiring workspace gets this long to stop.
+    expiry_rescan_s: float = Field(default=30.0, gt=0)
+    expiry_stop_timeout_s: int = Field(default=2, ge=0, le=3600)
+    max_workspaces: int | None = Field(default=None, ge=1)
+    # Where snapshots are named: <repository>/<workspace_id>:<tag> (never pulled, never pushed).
+    # Garbage (see worker/docker/garbage.py): reported every gc_interval_s, removed only with gc.
+    gc: bool = False
+    gc_interval_s: float = Field(default=300.0, gt=0)
+    gc_grace_s: float = Field(default=3600.0, ge=0)
+    snapshot_max_age_s: float | None = Field(default=None, gt=0)
+    snapshot_repository: str = Field(default="dockhand-snapshots", pattern=r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
     discovery_require_healthy: bool = False
     docker_timeout_s: float = Field(default=60.0, gt=0)
     pull_timeout_s: float = Field(default=600.0, gt=0)

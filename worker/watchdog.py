@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from .background import Background
 
 log = logging.getLogger("dockhand.watchdog")
 
@@ -64,7 +66,7 @@ def subscription_state(subscriber: Any) -> SubscriptionState:
     return SubscriptionState(queue, True)
 
 
-class ConsumerWatchdog:
+class ConsumerWatchdog(Background):
     """Checks and re-creates subscriptions; see the module docstring.
 
     ``subscribers()`` gives the subscribers to watch, ``should_consume()`` whether they should
@@ -82,6 +84,7 @@ class ConsumerWatchdog:
         step_timeout_s: float = 10.0,
         lock: asyncio.Lock | None = None,
     ) -> None:
+        super().__init__()
         self._subscribers = subscribers
         self._should_consume = should_consume
         self._connected = connected
@@ -90,7 +93,6 @@ class ConsumerWatchdog:
         self.lock = lock or asyncio.Lock()
         self.recreated = 0
         self._suspect: set[int] = set()
-        self._task: asyncio.Task[None] | None = None
 
     def states(self) -> list[SubscriptionState]:
         return [subscription_state(s) for s in self._subscribers()]
@@ -108,14 +110,8 @@ class ConsumerWatchdog:
             return []
         return [f"{s.queue}: {s.reason}" for s in self.states() if not s.consuming]
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="dockhand-consumer-watchdog")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+    def _jobs(self) -> list[Coroutine[Any, Any, None]]:
+        return [self._run()]
 
     async def _run(self) -> None:
         while True:

@@ -29,11 +29,13 @@ from dockhand.schemas.results import (
     HostInfo,
     ImageInfo,
     ImagePulled,
+    ImageRemoved,
     LogLines,
     NetworkAttachment,
     NetworkEnsured,
     NetworkRemoved,
     ServiceList,
+    SnapshotMade,
     Workspace,
     WorkspaceList,
     WorkspaceRemoved,
@@ -83,6 +85,9 @@ class WorkspaceFields(TypedDict, total=False):
     pull: Literal["missing", "always", "never"]
     registry_auth: RegistryAuth | Mapping[str, Any]
     start: bool
+    ttl_s: int
+    on_expiry: Literal["stop", "remove"]
+    egress: bool
 
 
 def _fields(**values: Any) -> dict[str, Any]:
@@ -298,6 +303,18 @@ class Workspaces(_Resource):
         payload = _fields(workspace_id=workspace_id, path=path, max_bytes=max_bytes)
         return await self._client._typed(FileContent, "workspace.get_file", payload, options)
 
+    async def extend(self, workspace_id: str, ttl_s: int, **options: Unpack[CallOptions]) -> Workspace:
+        """Move a workspace's deadline: it now expires ``ttl_s`` seconds from now (``expires_at``)."""
+        payload = {"workspace_id": workspace_id, "ttl_s": ttl_s}
+        return await self._client._typed(Workspace, "workspace.extend", payload, options)
+
+    async def snapshot(
+        self, workspace_id: str, *, tag: str | None = None, **options: Unpack[CallOptions]
+    ) -> SnapshotMade:
+        """Commit a workspace to an image of its host's (``image``: what a create takes)."""
+        payload = _fields(workspace_id=workspace_id, tag=tag)
+        return await self._client._typed(SnapshotMade, "workspace.snapshot", payload, options)
+
 
 class Networks(_Resource):
     """``network.*`` commands."""
@@ -356,6 +373,10 @@ class Images(_Resource):
     async def inspect(self, image: str, **options: Unpack[CallOptions]) -> ImageInfo:
         """An image's id, exposed ports, healthcheck, labels, creation time and size."""
         return await self._client._typed(ImageInfo, "image.inspect", {"image": image}, options)
+
+    async def remove(self, image: str, **options: Unpack[CallOptions]) -> ImageRemoved:
+        """Remove an image this host made (a snapshot); in use by a workspace: ``conflict``."""
+        return await self._client._typed(ImageRemoved, "image.remove", {"image": image}, options)
 
 
 class Discovery(_Resource):

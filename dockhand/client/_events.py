@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from dockhand.schemas import ContainerEvent, DiscoveryEvent, DiscoverySnapshot, Heartbeat, NetworkEvent
+from dockhand.schemas.events import WorkspaceExpired
 
 from ._parse import _lenient
 
@@ -35,7 +36,7 @@ class OtherEvent:
         return str(self.body.get("type") or self.routing_key.split(".", 1)[-1])
 
 
-Event = ContainerEvent | NetworkEvent | DiscoveryEvent | DiscoverySnapshot | Heartbeat | OtherEvent
+Event = ContainerEvent | NetworkEvent | DiscoveryEvent | DiscoverySnapshot | WorkspaceExpired | Heartbeat | OtherEvent
 """What :meth:`Client.events` yields."""
 
 
@@ -70,6 +71,8 @@ def parse_event(routing_key: str, body: bytes) -> Event:
         model = NetworkEvent
     elif family == "discovery":
         model = DiscoverySnapshot if data.get("type") == "discovery.snapshot" else DiscoveryEvent
+    elif family == "workspace" and data.get("type") == "workspace.expired":
+        model = WorkspaceExpired
     if model is None:
         return OtherEvent(routing_key, data)
     try:

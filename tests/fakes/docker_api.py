@@ -1581,7 +1581,13 @@ class FakeDocker:
         return [c.id for c in self.containers.values() if any(m.get("Name") == name for m in c.mounts)]
 
     async def _volume_list(self, request: web.Request, _: dict[str, str]) -> web.StreamResponse:
-        return _json({"Volumes": [v.inspect() for v in self.volumes.values()], "Warnings": None})
+        filters = _filters(request.query.get("filters"), {"label", "name", "dangling", "driver"})
+        volumes = [
+            v.inspect()
+            for v in self.volumes.values()
+            if all(_label_matches(v.inspect().get("Labels") or {}, want) for want in filters.get("label", []))
+        ]
+        return _json({"Volumes": volumes, "Warnings": None})
 
     async def _volume_create(self, request: web.Request, _: dict[str, str]) -> web.StreamResponse:
         body = await _body(request, "VolumeCreateBody")

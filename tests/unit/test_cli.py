@@ -429,6 +429,7 @@ def test_bindings() -> None:
         ("dockhand.events", "*.container.#"),
         ("dockhand.events", "*.network.#"),
         ("dockhand.events", "*.discovery.#"),
+        ("dockhand.events", "*.workspace.#"),
         ("dockhand.health", "*.heartbeat"),
     ]
     assert cli.bindings("p", "host-a", [cli.Kind.health, cli.Kind.discovery]) == [
@@ -651,6 +652,7 @@ def test_events_timeout_before_count_is_124(monkeypatch: pytest.MonkeyPatch) -> 
     assert out.stdout.splitlines()[0].endswith("host-a.heartbeat (not a JSON object)")
     assert out.stderr.splitlines() == [
         "dockhand: listening on p.events *.container.#, p.events *.network.#, p.events *.discovery.#, "
+        "p.events *.workspace.#, "
         "p.health *.heartbeat (Ctrl-C to stop)",
         "dockhand: 1 of 3 messages within 0.2 s",
     ]

@@ -31,6 +31,7 @@ from dockhand.client._parse import _lenient
 from dockhand.client.errors import DockhandError
 from dockhand.schemas import ContainerEvent, DiscoveryEvent, DiscoverySnapshot, Heartbeat, Result, Service
 from dockhand.schemas.commands import ImagePull, RegistryAuth
+from dockhand.schemas.events import WorkspaceExpired
 from dockhand.schemas.results import ServiceList
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -231,6 +232,12 @@ def test_parse_event_types_each_family_by_routing_key() -> None:
     heartbeat = parse_event("h1.heartbeat", json.dumps(beat).encode())
     assert isinstance(heartbeat, Heartbeat)
     assert heartbeat.role == "standby"
+    expired = {"event_id": "e", "host_id": "h1", "type": "workspace.expired", "time": "2026-01-01T00:00:00Z"}
+    event = parse_event(
+        "h1.workspace.expired", json.dumps({**expired, "workspace_id": "w", "action": "removed"}).encode()
+    )
+    assert isinstance(event, WorkspaceExpired)
+    assert (event.workspace_id, event.action) == ("w", "removed")
 
 
 def test_parse_event_gives_other_event_for_what_it_has_no_model_for() -> None:

@@ -41,7 +41,9 @@ CONTRACT_TYPES = frozenset(
         "host.info",
     }
 )
-V1_1_TYPES = frozenset({"workspace.put_files", "workspace.get_file"})
+V1_1_TYPES = frozenset(
+    {"workspace.put_files", "workspace.get_file", "workspace.extend", "workspace.snapshot", "image.remove"}
+)
 """The v1.1 "Commands added" that this worker implements so far."""
 
 
@@ -430,3 +432,12 @@ def test_result_rejects_unknown_status() -> None:
     )
     with pytest.raises(ValidationError, match="status"):
         Result.model_validate_json(text)
+
+
+def test_every_result_model_is_a_result_body() -> None:
+    # A result model outside Result's union would fail validation at the worker: ``internal``.
+    from typing import get_args
+
+    from dockhand.schemas.results import ResultBody
+
+    assert set(RESULT_MODELS.values()) <= set(get_args(ResultBody))

@@ -26,6 +26,7 @@ from ..policy import Policy
 from ..retry import once_then_retry
 from ..settings import Settings
 from ..telemetry import Telemetry
+from .census import Census
 
 log = logging.getLogger("dockhand.docker")
 
@@ -50,6 +51,7 @@ class DockerCalls:
         self.labels = labels
         self.policy = policy
         self.host_id = settings.host_id
+        self.census = Census(settings.max_workspaces, settings.host_id)
         # Whether Docker answers: the health probe, the event stream and every call keep it
         # current (see mark_available / mark_unavailable); while off, calls fail fast.
         self.available = True
@@ -190,16 +192,19 @@ class DockerCalls:
         labels = labels or {}
         return self.labels.is_managed_by(labels, self.host_id) and labels.get(self.labels.owner) == sender.user
 
-    def default_network(self) -> str:
+    def default_network(self, *, egress: bool = True) -> str:
         """The network a workspace joins when it names none.
 
         With tenancy on, each owner gets its own (``<default>-<owner slug>``): one shared default
-        network would let every tenant's workspaces reach each other.
+        network would let every tenant's workspaces reach each other. Egress-free workspaces
+        (``egress: false``) get one of their own kind, ``<that>-noegress`` (internal, see
+        networks.egress_free).
         """
         sender = tenancy.current()
-        if sender is None:
-            return self.settings.default_network
-        return f"{self.settings.default_network}-{tenancy.owner_slug(sender.user)}"
+        name = self.settings.default_network
+        if sender is not None:
+            name = f"{name}-{tenancy.owner_slug(sender.user)}"
+        return name if egress else f"{name}-noegress"
 
 
 def _refusal(error: DockhandError, cause: Exception, what: str) -> DockhandError:

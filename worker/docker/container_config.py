@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from dockhand.schemas import ErrorCode, utcnow
@@ -23,6 +24,8 @@ from ..settings import Settings
 JSON = dict[str, Any]
 
 NANO_CPUS_MIN = 10_000_000  # Docker's smallest CPU limit, 0.01 CPU
+# v1.1 create fields at their defaults: left out of the spec hash (see spec_hash).
+_V11_DEFAULTS: JSON = {"ttl_s": None, "on_expiry": "stop", "egress": True}
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ def spec_hash(payload: WorkspaceCreate) -> str:
     for mount in spec.get("mounts") or []:
         if mount.get("share") == "none":
             del mount["share"]
+    for key, default in _V11_DEFAULTS.items():
+        if spec.get(key) == default:
+            del spec[key]
     canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
@@ -63,6 +69,8 @@ def published_ports(p: WorkspaceCreate, image: JSON, subject: str) -> list[str]:
     """The container ports to publish: ``ports``, else the image's EXPOSE — which obeys the
     same limits (at most MAX_PORTS, no sctp), or the create is refused: an image is as
     untrusted as the command naming it."""
+    if not p.egress:
+        return []  # Docker publishes no port of an internal network (the create refuses `ports`)
     if p.ports is not None:
         return [str(port) for port in p.ports]
     exposed = sorted(((image.get("Config") or {}).get("ExposedPorts") or {}).keys())
@@ -105,14 +113,20 @@ def container_labels(p: WorkspaceCreate, image: JSON, labels: Labels, target: Ta
     out = inherited_labels(image, labels)
     out.update(p.labels)
     out.update(target.managed)
+    now = utcnow()
     workspace = {
         labels.workspace_id: p.workspace_id,
         labels.workspace_name: p.name or p.workspace_id,
         labels.project: p.project,
         labels.stage: p.stage,
-        labels.created: utcnow().isoformat().replace("+00:00", "Z"),
+        labels.created: now.isoformat().replace("+00:00", "Z"),
         labels.spec_hash: target.spec_hash,
     }
+    if not p.egress:
+        workspace[labels.egress] = "false"
+    if p.ttl_s is not None:
+        workspace[labels.expires_at] = (now + timedelta(seconds=p.ttl_s)).isoformat().replace("+00:00", "Z")
+        workspace[labels.on_expiry] = p.on_expiry
     out.update({key: value for key, value in workspace.items() if value is not None})
     if p.discovery is not None:
         out[labels.discovery("enabled")] = "true"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from aiodocker.containers import DockerContainer
@@ -25,6 +27,8 @@ class Containers:
 
     def __init__(self, ops: DockerCalls) -> None:
         self.ops = ops
+        self.deadline_of: Callable[[JSON], datetime | None] = lambda _info: None
+        """A container's deadline (``ttl_s``), for its ``workspace``; the leases set it."""
 
     async def find(self, workspace_id: str) -> JSON | None:
         """Inspect the workspace's container; ``None`` when absent, ``forbidden`` when the
@@ -58,7 +62,9 @@ class Containers:
 
     def workspace(self, info: JSON, *, created: bool | None = None) -> Workspace:
         """The contract's ``workspace`` object from a container inspect."""
-        return models.workspace(info, self.ops.labels, self.ops.host_id, created=created)
+        return models.workspace(
+            info, self.ops.labels, self.ops.host_id, created=created, expires_at=self.deadline_of(info)
+        )
 
     async def matching(self, filters: dict[str, list[str]], subject: str) -> list[DockerContainer]:
         """Containers (running or not) that match Docker's list ``filters``."""

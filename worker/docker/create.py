@@ -23,7 +23,8 @@ from .containers import Containers
 from .host import Host
 from .images import Images
 from .models import listed
-from .networks import Networks
+from .networks import Networks, egress_free
+from .snapshots import Snapshots
 from .volumes import Volumes
 
 log = logging.getLogger("dockhand.docker")
@@ -68,6 +69,7 @@ class Creator:
     networks: Networks
     volumes: Volumes
     host: Host
+    snapshots: Snapshots
     _bind_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     def check(self, p: WorkspaceCreate) -> WorkspaceCreate:
@@ -100,14 +102,32 @@ class Creator:
 
         Everything is checked before anything is made (image, bind sources against the live
         mounts of this host, volume ownership, the network); what this create then makes —
-        network, volumes, container — is removed again when a later step fails.
+        network, volumes, container — is removed again when a later step fails. A host at its
+        DOCKHAND_MAX_WORKSPACES says ``capacity`` before any Docker call (see census.py).
         """
         resolved = self.check(p)
+        census = self.ops.census
+        if census.limit is not None and census.known is None:  # not yet read by the event stream
+            census.replace({w.workspace_id for w in await self._listed()})
+        with census.admit(p.workspace_id):
+            workspace = await self._create(p, resolved)
+        census.add(p.workspace_id)
+        return workspace
+
+    async def _listed(self) -> list[Workspace]:
+        infos = await self.containers.inspect_each(await self.containers.list_managed())
+        return [self.containers.workspace(info) for info in infos]
+
+    async def _create(self, p: WorkspaceCreate, resolved: WorkspaceCreate) -> Workspace:
         wanted = spec_hash(p)
         existing = await self.containers.find(p.workspace_id)
         if existing is not None:
             return await self._adopt(existing, p, wanted)
-        image = await self.images.ensure(p.image, p.pull, p.registry_auth)
+        snapshot = self.ops.policy.is_snapshot(p.image)
+        # A snapshot is never pulled (pull policy "never" implied), and must be this host's own.
+        image = await self.images.ensure(p.image, "never" if snapshot else p.pull, p.registry_auth)
+        if snapshot:
+            await self.snapshots.check_use(p.image, image)
         subject = self.ops.subject(p.workspace_id)
         published_ports(p, image, subject)  # an image that exposes too much is refused before anything is made
         plan = _Plan(p, resolved, wanted, image, subject)
@@ -116,12 +136,18 @@ class Creator:
         async with self._bind_lock if plan.binds else contextlib.nullcontext():
             await self._check_binds_live(plan.binds, subject)
             missing_volumes = await self.volumes.check(p)
-            network = p.network or self.ops.default_network()
+            network = p.network or self.ops.default_network(egress=p.egress)
             net = await self.networks.joinable(network, subject)
+            if net is not None and not p.egress and not egress_free(net):
+                raise DockhandError(
+                    ErrorCode.FORBIDDEN,
+                    f"{subject}: an egress-free workspace joins only an internal network this host made; "
+                    f"{network} is not one",
+                )
             async with self.networks.attach_lock(net["Name"] if net is not None else network):
                 made = _Made()
                 try:
-                    net = net or await self._make_network(network, made, subject)
+                    net = net or await self._make_network(network, made, subject, internal=not p.egress)
                     adopted = await self._make(plan, net, missing_volumes, made)
                 except BaseException:
                     await self._undo(made, subject)
@@ -139,14 +165,16 @@ class Creator:
                 raise
         return self.containers.workspace(await self.containers.get(p.workspace_id), created=True)
 
-    async def _make_network(self, network: str, made: _Made, subject: str) -> JSON:
-        ensured = await self.networks.ensure(NetworkEnsure(name=network))
+    async def _make_network(self, network: str, made: _Made, subject: str, *, internal: bool) -> JSON:
+        ensured = await self.networks.ensure(NetworkEnsure(name=network, internal=internal))
         if ensured.created:
             made.network = ensured.network_id
         # By id from here on: a name can be briefly ambiguous (see Networks._deduplicate).
         net = await self.networks.joinable(ensured.network_id, subject)
         if net is None:
             raise DockhandError(ErrorCode.CONFLICT, f"{subject}: network {network} vanished")
+        if internal and not egress_free(net):  # made meanwhile by someone else, with egress
+            raise DockhandError(ErrorCode.FORBIDDEN, f"{subject}: network {network} is not egress-free")
         return net
 
     async def _make(self, plan: _Plan, net: JSON, missing_volumes: list[Mount], made: _Made) -> Workspace | None:

@@ -29,6 +29,8 @@ class Volume(Protocol):
 class _Volumes(Protocol):
     async def create(self, config: JSON) -> Volume: ...
 
+    async def list(self, *, filters: JSON | None = None) -> JSON: ...
+
 
 network: Callable[[aiodocker.Docker, str], DockerNetwork] = DockerNetwork
 """The network with this id or name (no request is made)."""
@@ -38,6 +40,6 @@ volume: Callable[[aiodocker.Docker, str], Volume] = DockerVolume
 
 
 def volumes(docker: aiodocker.Docker) -> _Volumes:
-    """Docker's volume collection (create)."""
+    """Docker's volume collection (create, list)."""
     collection: _Volumes = docker.volumes
     return collection

@@ -50,7 +50,9 @@ def _ports(network_settings: JSON) -> list[PortBinding]:
     ]
 
 
-def workspace(info: JSON, labels: Labels, host_id: str, *, created: bool | None = None) -> Workspace:
+def workspace(
+    info: JSON, labels: Labels, host_id: str, *, created: bool | None = None, expires_at: datetime | None = None
+) -> Workspace:
     """The contract's ``workspace`` object from a container inspect."""
     values: dict[str, str] = info["Config"].get("Labels") or {}
     state = info.get("State") or {}
@@ -79,6 +81,7 @@ def workspace(info: JSON, labels: Labels, host_id: str, *, created: bool | None 
         owner=values.get(labels.owner) or None,
         created_at=parse_docker_time(info.get("Created")),
         started_at=parse_docker_time(state.get("StartedAt")),
+        expires_at=expires_at,
     )
 
 

@@ -25,6 +25,15 @@ from .models import listed
 
 log = logging.getLogger("dockhand.docker")
 
+INHIBIT_IPV4 = "com.docker.network.bridge.inhibit_ipv4"
+"""The bridge option that keeps the host's own address off a network (Docker 20.10 has it)."""
+
+
+def egress_free(net: JSON) -> bool:
+    """Whether a network reaches nothing beyond its members: internal (no route out) and a bridge
+    without an address on the host (so not the host's services either)."""
+    return bool(net.get("Internal")) and (net.get("Options") or {}).get(INHIBIT_IPV4) == "true"
+
 
 class Networks:
     """The networks of this Docker host."""
@@ -189,7 +198,7 @@ class Networks:
             if info is not None:
                 self._check_owner(info, subject)
                 return NetworkEnsured(network_id=info["Id"], name=p.name, created=False)
-            config = {
+            config: JSON = {
                 "Name": p.name,
                 "Driver": p.driver,
                 "Internal": p.internal,
@@ -197,6 +206,10 @@ class Networks:
                 "CheckDuplicate": True,
                 "Labels": {**p.labels, **ops.managed_labels()},
             }
+            if p.internal and p.driver == "bridge":
+                # Docker gives even an internal bridge an address on the host (its gateway),
+                # through which a container reaches every service the host listens on: none.
+                config["Options"] = {INHIBIT_IPV4: "true"}
             network = await ops.call("network.create", lambda: ops.docker.networks.create(config), subject=subject)
             return NetworkEnsured(network_id=network.id, name=p.name, created=True)
 
@@ -209,6 +222,12 @@ class Networks:
         net = await self.joinable(network, subject)
         if net is None:
             raise DockhandError(ErrorCode.NOT_FOUND, f"network {network} not found on {ops.host_id}")
+        if (info["Config"].get("Labels") or {}).get(ops.labels.egress) == "false" and not egress_free(net):
+            raise DockhandError(
+                ErrorCode.FORBIDDEN,
+                f"{subject}: the workspace is egress-free and the network is not (it joins only internal "
+                "networks this host made)",
+            )
         if net["Name"] not in (info["NetworkSettings"].get("Networks") or {}):
             async with self.attach_lock(net["Name"]):
                 await self.check_aliases(net, aliases or [workspace_id], info["Id"], subject, workspaces=True)

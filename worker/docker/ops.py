@@ -11,7 +11,9 @@ from .containers import Containers
 from .create import Creator
 from .host import Host
 from .images import Images
+from .leases import Leases
 from .networks import Networks
+from .snapshots import Snapshots
 from .volumes import Volumes
 from .workspace_files import WorkspaceFiles
 from .workspaces import Workspaces
@@ -30,6 +32,8 @@ class DockerOps(DockerCalls):
     host = cached_property(Host)
     images = cached_property(Images)
     volumes = cached_property(Volumes)
+    leases = cached_property(lambda ops: Leases(ops, ops.containers))
+    snapshots = cached_property(lambda ops: Snapshots(ops, ops.containers, ops.images))
     networks = cached_property(lambda ops: Networks(ops, ops.containers))
     files = cached_property(lambda ops: WorkspaceFiles(ops, ops.containers))
     workspaces = cached_property(
@@ -37,7 +41,8 @@ class DockerOps(DockerCalls):
             ops,
             ops.containers,
             ops.volumes,
-            Creator(ops, ops.containers, ops.images, ops.networks, ops.volumes, ops.host),
+            ops.leases,
+            Creator(ops, ops.containers, ops.images, ops.networks, ops.volumes, ops.host, ops.snapshots),
         )
     )
 

@@ -12,6 +12,7 @@ from dockhand.schemas import ErrorCode
 from dockhand.schemas.commands import (
     WorkspaceCreate,
     WorkspaceExec,
+    WorkspaceExtend,
     WorkspaceListQuery,
     WorkspaceLogs,
     WorkspaceRemove,
@@ -24,16 +25,20 @@ from ..errors import DockhandError, from_exception, rejected
 from .calls import JSON, DockerCalls
 from .containers import Containers
 from .create import Creator
+from .leases import Leases
 from .volumes import Volumes
 
 
 class Workspaces:
     """The workspaces of this host: create, start, stop, restart, remove, inspect, list, exec, logs."""
 
-    def __init__(self, ops: DockerCalls, containers: Containers, volumes: Volumes, creator: Creator) -> None:
+    def __init__(
+        self, ops: DockerCalls, containers: Containers, volumes: Volumes, leases: Leases, creator: Creator
+    ) -> None:
         self.ops = ops
         self.containers = containers
         self.volumes = volumes
+        self.leases = leases
         self.creator = creator
 
     def check_create(self, p: WorkspaceCreate) -> WorkspaceCreate:
@@ -87,11 +92,18 @@ class Workspaces:
         await self.ops.call(
             "container.delete", lambda: container.delete(force=p.force, v=p.remove_volumes), subject=subject
         )
+        self.leases.forget(p.workspace_id)
+        self.ops.census.discard(p.workspace_id)
+        await self.leases.drop_leases(p.workspace_id)
         if p.remove_volumes:
             for mount in info.get("Mounts") or []:
                 if mount.get("Type") == "volume" and mount.get("Name"):
                     await self.volumes.remove_own(mount["Name"], p.workspace_id)
         return WorkspaceRemoved(workspace_id=p.workspace_id, removed=True)
+
+    async def extend(self, p: WorkspaceExtend) -> Workspace:
+        """``workspace.extend``: it now expires ``ttl_s`` seconds from now (see leases.py)."""
+        return await self.leases.extend(p.workspace_id, p.ttl_s)
 
     async def inspect(self, workspace_id: str) -> Workspace:
         """``workspace.inspect``."""
