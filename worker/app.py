@@ -240,10 +240,26 @@ class Runtime:
         )
 
     async def start_background(self) -> None:
-        """Declare the topology, build the event stream and heartbeat, campaign for the lock."""
+        """Declare the topology, build the background jobs, campaign for the lock."""
         await self.topology.declare(self.broker)
         ops = self.dispatcher.ops
         assert ops is not None, "the lifespan sets the Docker operations before start-up ends"
+        self._build_jobs(ops)
+        # One active worker per host: the leader consumes commands (host and `any` queues) and
+        # publishes events; standbys wait. Subscribers started with the broker stop until then.
+        for subscriber in self.broker.subscribers:
+            await subscriber.stop()
+        self._campaign()
+        log.info(
+            "dockhand worker %s ready: host %s, queue %s, max concurrency %d",
+            self.settings.effective_worker_id,
+            self.settings.host_id,
+            self.topology.host_queue.name,
+            self.settings.max_concurrency,
+        )
+
+    def _build_jobs(self, ops: DockerOps) -> None:
+        """The event stream (with discovery), expiry, garbage and heartbeat jobs."""
         discovery = Discovery(
             ops,
             self._counted(self._events("dockhand.discovery")),
@@ -266,10 +282,10 @@ class Runtime:
             __version__,
         )
         self.telemetry.observe("dockhand.events.lag", "Docker event to processing", "ms", lambda: stream.state.lag_ms)
-        # One active worker per host: the leader consumes commands (host and `any` queues) and
-        # publishes events; standbys wait. Subscribers started with the broker stop until then.
-        for subscriber in self.broker.subscribers:
-            await subscriber.stop()
+
+    def _campaign(self) -> None:
+        """Campaign for the host's leader lock; heartbeat; watch the consumers."""
+        assert self.health is not None
         self.leadership = leadership = Leadership(
             self.settings.amqp_urls,
             self.topology.leader_lock,
@@ -292,13 +308,6 @@ class Runtime:
         leadership.start()
         self.health.start()
         self.watchdog.start()
-        log.info(
-            "dockhand worker %s ready: host %s, queue %s, max concurrency %d",
-            self.settings.effective_worker_id,
-            self.settings.host_id,
-            self.topology.host_queue.name,
-            self.settings.max_concurrency,
-        )
 
     def _events(self, message_type: str) -> Publish:
         return self.publisher.to(self.topology.events, message_type=message_type, sequencer=self.sequencer)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from dockhand.schemas import utcnow
@@ -27,15 +28,17 @@ from .publishing import Publish
 log = logging.getLogger("dockhand.expiry")
 
 
+@dataclass(eq=False)
 class Expiry(Background):
     """Enforces the host's workspace deadlines while this worker is active."""
 
-    def __init__(self, ops: DockerOps, publish: Publish, *, rescan_s: float, stop_timeout_s: int) -> None:
+    ops: DockerOps
+    publish: Publish
+    rescan_s: float
+    stop_timeout_s: int
+
+    def __post_init__(self) -> None:
         super().__init__()
-        self.ops = ops
-        self._publish = publish
-        self._rescan_s = rescan_s
-        self._stop_timeout_s = stop_timeout_s
 
     def _jobs(self) -> list[Coroutine[Any, Any, None]]:
         return [self._run()]
@@ -48,10 +51,10 @@ class Expiry(Background):
             if loop.time() >= next_scan:
                 try:
                     await leases.scan()
-                    next_scan = loop.time() + self._rescan_s
+                    next_scan = loop.time() + self.rescan_s
                 except Exception as exc:  # Docker away: the deadlines stay as known; try again soon
                     log.warning("workspace deadlines not read: %s", exc)
-                    next_scan = loop.time() + min(self._rescan_s, 2.0)
+                    next_scan = loop.time() + min(self.rescan_s, 2.0)
             now = utcnow()
             for deadline in sorted(leases.deadlines.values(), key=lambda d: d.expires_at):
                 if deadline.expires_at > now:
@@ -90,7 +93,7 @@ class Expiry(Background):
             workspace_id=deadline.workspace_id,
             action=action,
         )
-        await self._publish(f"{self.ops.host_id}.workspace.expired", event)
+        await self.publish(f"{self.ops.host_id}.workspace.expired", event)
 
     async def _act(self, deadline: Deadline) -> Literal["stopped", "removed"] | None:
         """``stopped`` / ``removed``, or ``None`` when there was nothing to do."""
@@ -111,5 +114,5 @@ class Expiry(Background):
         state = info.get("State") or {}
         if not (state.get("Running") or state.get("Restarting") or state.get("Paused")):
             return None  # stopped already: expired before, or stopped by its owner
-        await self.ops.call("container.stop", lambda: container.stop(t=self._stop_timeout_s), subject=subject)
+        await self.ops.call("container.stop", lambda: container.stop(t=self.stop_timeout_s), subject=subject)
         return "stopped"

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dockhand.schemas import Heartbeat, Status, utcnow
@@ -32,35 +33,29 @@ log = logging.getLogger("dockhand.health")
 HealthStatus = Literal["healthy", "degraded", "unhealthy"]
 
 
+@dataclass(eq=False)
 class HealthMonitor(Background):
     """Probes Docker, derives the status and publishes heartbeats."""
 
-    def __init__(
-        self,
-        ops: DockerOps,
-        settings: Settings,
-        counters: Counters,
-        stream: StreamState,
-        publish: Publish,
-        version: str,
-    ) -> None:
+    ops: DockerOps
+    settings: Settings
+    counters: Counters
+    stream: StreamState
+    _publish: Publish
+    version: str
+    status: HealthStatus | None = field(default=None, init=False)
+    docker: DockerHealth = field(default_factory=lambda: DockerHealth(reachable=True), init=False)
+    is_leader: Callable[[], bool] = field(default_factory=lambda: lambda: True, init=False)
+    # The broker node and whether this worker consumes (set by the worker's Runtime).
+    broker_state: Callable[[], BrokerHealth | None] = field(default_factory=lambda: lambda: None, init=False)
+
+    def __post_init__(self) -> None:
         super().__init__()
-        self.ops = ops
-        self.settings = settings
-        self.counters = counters
-        self.stream = stream
-        self._publish = publish
-        self.version = version
-        self.status: HealthStatus | None = None
-        self.docker = DockerHealth(reachable=True)
         self._started = time.monotonic()
-        self.is_leader: Callable[[], bool] = lambda: True
-        # The broker node and whether this worker consumes (set by the worker's Runtime).
-        self.broker_state: Callable[[], BrokerHealth | None] = lambda: None
         # Set when Docker's availability or the stream's connection flips: probe and publish now.
         self._wake = asyncio.Event()
-        ops.on_availability(lambda _available: self._wake.set())
-        stream.listeners.append(self._wake.set)
+        self.ops.on_availability(lambda _available: self._wake.set())
+        self.stream.listeners.append(self._wake.set)
 
     def _jobs(self) -> list[Coroutine[Any, Any, None]]:
         return [self._run()]

@@ -72,6 +72,21 @@ def _split_csv(value: object) -> object:
     return value
 
 
+def _must_match(pattern: re.Pattern[str], what: str, *values: str) -> None:
+    """A ValueError for the first of ``values`` that ``pattern`` does not match."""
+    for value in values:
+        if not pattern.match(value):
+            raise ValueError(f"{what} {value!r} must match {pattern.pattern}")
+
+
+def _never_allowed(values: list[str], forbidden: set[str], what: str) -> list[str]:
+    """``values`` unchanged, or a ValueError for one (in any case) of ``forbidden``."""
+    for value in values:
+        if value.lower() in forbidden:
+            raise ValueError(f"{what} {value!r} can never be allowed")
+    return values
+
+
 class Settings(BaseSettings):
     """Everything configurable; see the settings table in README.md."""
 
@@ -187,9 +202,7 @@ class Settings(BaseSettings):
     @classmethod
     def _cap_drop(cls, value: list[str]) -> list[str]:
         caps = sorted({c.upper().removeprefix("CAP_") for c in value})
-        for cap in caps:
-            if not _CAPABILITY.match(cap):
-                raise ValueError(f"capability {cap!r} must match {_CAPABILITY.pattern}")
+        _must_match(_CAPABILITY, "capability", *caps)
         return caps
 
     @field_validator("ulimits")
@@ -235,8 +248,7 @@ class Settings(BaseSettings):
     @field_validator("exchange_prefix", "label_prefix", "discovery_label_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        if not _PREFIX.match(value):
-            raise ValueError(f"prefix {value!r} must match {_PREFIX.pattern}")
+        _must_match(_PREFIX, "prefix", value)
         return value
 
     @field_validator("allowed_capabilities")
@@ -255,19 +267,13 @@ class Settings(BaseSettings):
     @field_validator("allowed_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for name in value:
-            # Docker's host and none networks are never joinable: they are no isolation at all.
-            if name.lower() in {"host", "none"}:
-                raise ValueError(f"network {name!r} can never be allowed")
-        return value
+        # Docker's host and none networks are never joinable: they are no isolation at all.
+        return _never_allowed(value, {"host", "none"}, "network")
 
     @field_validator("allowed_network_drivers")
     @classmethod
     def _drivers(cls, value: list[str]) -> list[str]:
-        for driver in value:
-            if driver.lower() in {"host", "null"}:
-                raise ValueError(f"network driver {driver!r} can never be allowed")
-        return value
+        return _never_allowed(value, {"host", "null"}, "network driver")
 
     @model_validator(mode="after")
     def _defaults_within_maxima(self) -> Settings:
