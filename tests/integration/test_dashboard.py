@@ -25,23 +25,14 @@ import aiodocker
 import playwright.async_api as playwright_api
 import pytest
 
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
+
 from .conftest import AMQP_URL, REPO, TEST_IMAGE, TEST_LABEL, WorkerFactory, WorkerProcess
 from .dockerd2 import SecondDockerd, unique_name
 from .rabbit2 import SecondRabbit
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 INTERVAL_S = 3.0
 """The test workers' heartbeat interval (DOCKHAND_HEALTH_INTERVAL_S)."""
 

@@ -18,20 +18,10 @@ import pytest
 
 from dockhand.dashboard import DashboardServer, FleetState
 from dockhand.dashboard.server import start_site
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 HOSTS = 50
 WORKSPACES = 2000
 BIG_HOST_SHARE = 1000  # one host holds half of them: its list must still be bounded
