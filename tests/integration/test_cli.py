@@ -224,7 +224,8 @@ async def test_events_may_start_before_the_worker(worker: WorkerProcess) -> None
         assert done.code == 124, done
         assert done.stderr.splitlines() == [
             f"dockhand: listening on {prefix}.events *.container.#, {prefix}.events *.network.#, "
-            f"{prefix}.events *.discovery.#, {prefix}.health *.heartbeat (Ctrl-C to stop)",
+            f"{prefix}.events *.discovery.#, {prefix}.events *.workspace.#, {prefix}.health *.heartbeat "
+            "(Ctrl-C to stop)",
             "dockhand: 0 of 1 messages within 1 s",
         ]
     finally:
