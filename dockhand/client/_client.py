@@ -33,6 +33,7 @@ from aiormq.exceptions import (
     AMQPError,
     ChannelAccessRefused,
     ChannelNotFoundEntity,
+    DeliveryError,
     ProbableAuthenticationError,
     PublishError,
 )
@@ -551,6 +552,15 @@ class Client:
             raise NoRoute(
                 f"{who} has a queue on {self.prefix}.commands (routing key {routing_key} reaches no "
                 "queue): check the host id and the exchange prefix"
+            ) from err
+        except DeliveryError as err:  # a nack: the broker did not take the message
+            # Seen on a cluster right after a quorum queue's leader node died: a channel goes on
+            # sending to the old leader, and its publishes are refused for many seconds. A new
+            # connection looks the leader up again, so this link is given up and the retry (same
+            # command id) goes over a fresh one.
+            self._lose(link)
+            raise BrokerUnavailable(
+                f"RabbitMQ did not take {routing_key} (publish nack); trying a new connection", transient=True
             ) from err
 
     async def _collect_all(self, body: dict[str, Any], encoded: bytes, timeout: float, expect: set[str]) -> list[bytes]:
