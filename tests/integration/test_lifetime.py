@@ -160,6 +160,14 @@ async def test_snapshot_then_create_from_it_keeps_the_files_and_image_remove_is_
     client: Client, docker: aiodocker.Docker, test_image: str
 ) -> None:
     ws, _ = await _create(client, test_image, "snap", ttl_s=600)
+    try:
+        await _snapshot_checks(client, docker, test_image, ws)
+    finally:  # whatever failed: the snapshot image goes too
+        with contextlib.suppress(aiodocker.DockerError):
+            await docker.images.delete(f"dockhand-snapshots/{ws}:t1", force=True)
+
+
+async def _snapshot_checks(client: Client, docker: aiodocker.Docker, test_image: str, ws: str) -> None:
     put = await client.send(
         "workspace.put_files",
         {"workspace_id": ws, "files": [{"path": "/srv/note.txt", "content": base64.b64encode(b"kept\n").decode()}]},
