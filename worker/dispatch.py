@@ -152,31 +152,40 @@ class Dispatcher:
                 # (in order) for the next worker.
                 return
             self.counters.in_flight += 1
-            attributes = {
-                "dockhand.command_id": command.command_id,
-                "dockhand.command_type": command.type,
-                "dockhand.host_id": self.settings.host_id,
-            }
-            workspace_id = getattr(command.payload, "workspace_id", None)
-            if workspace_id:
-                attributes["dockhand.workspace_id"] = workspace_id
-            sender = tenancy.current()
-            if sender is not None:
-                attributes["dockhand.sender"] = sender.user
-            span = self.telemetry.tracer.start_span(f"dockhand {command.type}", attributes=attributes)
             try:
-                with trace.use_span(span, end_on_exit=True):
+                if not self.telemetry.records_spans:
+                    # Nothing records a span: the message's trace context (current already)
+                    # is all that goes on, into the result's headers.
+                    await self._answer(command, message, trace.get_current_span())
+                    return
+                with trace.use_span(self._span(command), end_on_exit=True) as span:
                     await self._answer(command, message, span)
             finally:
                 self.counters.in_flight -= 1
+
+    def _span(self, command: Command) -> trace.Span:
+        """The ``dockhand <type>`` span of one command, with its ids."""
+        attributes = {
+            "dockhand.command_id": command.command_id,
+            "dockhand.command_type": command.type,
+            "dockhand.host_id": self.settings.host_id,
+        }
+        workspace_id = getattr(command.payload, "workspace_id", None)
+        if workspace_id:
+            attributes["dockhand.workspace_id"] = workspace_id
+        sender = tenancy.current()
+        if sender is not None:
+            attributes["dockhand.sender"] = sender.user
+        return self.telemetry.tracer.start_span(f"dockhand {command.type}", attributes=attributes)
 
     async def _answer(self, command: Command, message: RabbitMessage, span: trace.Span) -> None:
         """Execute (or answer from the store), publish, settle."""
         stored_under = self._store_key(command.command_id)
         entry = self.store.lookup(stored_under)
         key: str | None = stored_under  # the entry this answer marks published (none for a conflict)
+        payload: bytes | None = None
         if entry is None:
-            result = await self._execute(command, message)
+            result, payload = await self._execute(command, message)
         elif entry.fingerprint is not None and not hmac.compare_digest(
             entry.fingerprint, self.store.fingerprint(command.type, command.payload)
         ):
@@ -196,7 +205,7 @@ class Dispatcher:
         if result.error is not None:
             span.set_attribute("dockhand.error_code", result.error.code.value)
             span.set_status(trace.Status(trace.StatusCode.ERROR, result.error.code.value))
-        await self.settler.finish(result, message, settle=settle_for(result.status), key=key)
+        await self.settler.finish(result, message, settle=settle_for(result.status), key=key, payload=payload)
 
     def _conflict(self, command: Command, message: RabbitMessage) -> Result:
         log.warning(
@@ -234,7 +243,8 @@ class Dispatcher:
         """The result-store key of ``command_id`` for the running command's sender."""
         return store_key(tenancy.store_owner(), command_id)
 
-    async def _execute(self, command: Command, message: RabbitMessage) -> Result:
+    async def _execute(self, command: Command, message: RabbitMessage) -> tuple[Result, bytes]:
+        """Run the command; its result and that result's JSON (dumped once: journal and publish)."""
         started = utcnow()
         clock = time.perf_counter()
         body, error = await self._invoke(command, message, started)
@@ -253,6 +263,7 @@ class Dispatcher:
         )
         # Remember outcomes that a repeat must not redo; a retryable failure may be sent again
         # with the same id and should then run again.
+        body = result.model_dump_json()
         kept = command.type not in UNSTORED_TYPES
         if kept and result.status is not Status.REJECTED and not (error and error.retryable):
             self.store.put(
@@ -260,9 +271,10 @@ class Dispatcher:
                 published=False,
                 key=self._store_key(result.command_id),
                 fingerprint=self.store.fingerprint(command.type, command.payload),
+                body=body,
             )
         self._record(command, result, error)
-        return result
+        return result, body.encode()
 
     async def _invoke(
         self, command: Command, message: RabbitMessage, started: datetime
@@ -293,6 +305,8 @@ class Dispatcher:
         """Count, time and log one executed command."""
         self.telemetry.commands.add(1, {"type": command.type, "status": result.status.value})
         self.telemetry.command_duration.record(result.duration_ms / 1000, {"type": command.type})
+        if not log.isEnabledFor(logging.INFO):
+            return  # at WARNING (as benchmarks run): no record, and no arguments built for one
         subject = getattr(command.payload, "workspace_id", None) or getattr(command.payload, "name", None)
         log.info(
             "%s%s %s in %.1f ms (command %s)%s",

@@ -91,11 +91,23 @@ class Settler:
             attempt=attempt_of(message),
         )
 
-    async def finish(self, result: Result, message: RabbitMessage, *, settle: Settle, key: str | None = None) -> None:
+    async def finish(
+        self,
+        result: Result,
+        message: RabbitMessage,
+        *,
+        settle: Settle,
+        key: str | None = None,
+        payload: bytes | None = None,
+    ) -> None:
         """Publish the result (confirmed), then ack — or dead-letter it. ``key``: the store
-        entry this result is (to mark published); None for results that are not stored."""
+        entry this result is (to mark published); None for results that are not stored.
+        ``payload``: the result's JSON, when the caller has it already."""
+        # The result is in the journal before anyone can see it (a crash after the publish
+        # must find it there), and marked published before the ack (see store.py).
+        await self.store.durable()
         try:
-            await self.publish_result(result, message)
+            await self.publish_result(result, message, payload)
         except Exception:
             # Still failing after the retries: requeue it rather than ack it unanswered. The
             # redelivery is answered from the store (nothing runs twice); if publishing keeps
@@ -105,6 +117,7 @@ class Settler:
             return
         if key is not None:
             self.store.mark_published(key)
+            await self.store.durable()
         self.counters.by_status[result.status] += 1
         if settle == "reject":
             await self.dead_letter(message)
@@ -143,9 +156,10 @@ class Settler:
         log.info("dead-lettered a redacted copy of message %s (%s)", printable(raw.message_id), ", ".join(redacted))
         await message.ack()
 
-    async def publish_result(self, result: Result, message: RabbitMessage) -> None:
+    async def publish_result(self, result: Result, message: RabbitMessage, payload: bytes | None = None) -> None:
         """Publish ``result`` (confirmed) to the results exchange, then to ``reply_to`` if set."""
-        payload = result.model_dump_json().encode()
+        if payload is None:
+            payload = result.model_dump_json().encode()
         raw = message.raw_message
         common: dict[str, Any] = {"correlation_id": raw.correlation_id, "message_type": "dockhand.result"}
         await self.publisher.confirmed(

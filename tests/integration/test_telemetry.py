@@ -31,6 +31,7 @@ from .conftest import (
     REGISTRY_USER,
     TEST_LABEL,
     WorkerFactory,
+    WorkerProcess,
     connect_client,
     remove_labelled,
 )
@@ -86,13 +87,16 @@ async def in_process(session_id: str, tmp_path: Path) -> AsyncIterator[InProcess
             await channel.queue_delete(f"dhtest-{session_id}.commands.{host_id}")
 
 
-async def _send_traced(settings: Settings, command: dict[str, Any]) -> aio_pika.abc.AbstractIncomingMessage:
+async def _send_traced(
+    settings: Settings | WorkerProcess, command: dict[str, Any]
+) -> aio_pika.abc.AbstractIncomingMessage:
     """Publish with a known traceparent; return the raw reply (headers included)."""
+    prefix = settings.exchange_prefix if isinstance(settings, Settings) else settings.prefix
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
         replies = await channel.declare_queue(exclusive=True)
-        exchange = await channel.get_exchange(f"{settings.exchange_prefix}.commands", ensure=False)
+        exchange = await channel.get_exchange(f"{prefix}.commands", ensure=False)
         await exchange.publish(
             aio_pika.Message(
                 json.dumps(command).encode(),
@@ -165,6 +169,31 @@ async def test_trace_continues_from_traceparent_through_docker_calls_into_the_re
     assert {"type": "workspace.create"} in points["dockhand.command.duration"]
     assert {"operation": "container.create"} in points["dockhand.docker.call.duration"]
     assert "dockhand.commands.in_flight" in points
+
+
+async def test_a_worker_that_records_no_spans_still_carries_the_trace_on(worker: WorkerProcess) -> None:
+    """Without an exporter the worker skips FastStream's span middleware (its cost is a sixth of
+    a cheap command's CPU), but an incoming traceparent still reaches the result's headers; a
+    command without one gets none made up."""
+    traced = await _send_traced(worker, {"command_id": f"trace-{secrets.token_hex(4)}", "type": "host.info"})
+    assert json.loads(traced.body)["status"] == "succeeded"
+    header = str((traced.headers or {}).get("traceparent"))
+    assert header.startswith(f"00-{TRACE_ID}-"), traced.headers
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        replies = await channel.declare_queue(exclusive=True)
+        exchange = await channel.get_exchange(f"{worker.prefix}.commands", ensure=False)
+        body = {"command_id": f"untraced-{secrets.token_hex(4)}", "type": "host.info"}
+        await exchange.publish(
+            aio_pika.Message(json.dumps(body).encode(), reply_to=replies.name, correlation_id="untraced"),
+            routing_key=f"{worker.host_id}.host.info",
+        )
+        async with replies.iterator(timeout=60) as messages:
+            async for message in messages:
+                await message.ack()
+                assert "traceparent" not in (message.headers or {})
+                break
 
 
 def _get(url: str) -> tuple[int, str]:

@@ -306,3 +306,37 @@ async def test_a_repeat_that_is_not_a_redelivery_gets_the_stored_result_again() 
     first, second = publisher.results("c1")
     assert second == first
     assert (docker.version_calls, docker.info_calls) == (1, 1)
+
+
+async def test_the_result_is_in_the_journal_before_it_is_published_and_marked_before_the_ack(tmp_path: Path) -> None:
+    """Group commit (worker/store.py) keeps the journal's order: the row is committed before
+    the first publish, and its published mark before the ack."""
+    dispatcher, _, publisher = make(state_dir=tmp_path)
+    path = tmp_path / f"results-{HOST}.sqlite3"
+    message = FakeMessage(INFO, f"{HOST}.host.info", reply_to="client-replies", correlation_id="corr-7")
+    seen_at_publish: list[dict[str, int]] = []
+    confirmed = publisher.confirmed
+
+    def journal() -> dict[str, int]:
+        import sqlite3
+
+        with sqlite3.connect(path) as db:
+            return dict(db.execute("SELECT command_id, published FROM results").fetchall())
+
+    async def watching(payload: bytes, **options: Any) -> None:
+        seen_at_publish.append(journal())
+        await confirmed(payload, **options)
+
+    publisher.confirmed = watching  # type: ignore[method-assign]
+    original_ack = message.ack
+
+    async def ack() -> None:
+        seen_at_publish.append(journal())
+        await original_ack()
+
+    message.ack = ack  # type: ignore[method-assign]
+    dispatcher.submit(message.body, message)  # type: ignore[arg-type]
+    assert await message.settled_once() == ("ack", False)
+    key = dispatcher._store_key("c1")
+    assert seen_at_publish == [{key: 0}, {key: 0}, {key: 1}]  # results, reply, then the ack
+    dispatcher.store.close()

@@ -7,6 +7,8 @@ import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from dockhand.schemas import Result, Status
 from dockhand.schemas.commands import ImagePull, RegistryAuth, WorkspaceExec
 from dockhand.worker.store import ResultStore
@@ -119,3 +121,56 @@ def test_registry_auth_secret_is_not_in_the_canonical_text_of_results() -> None:
     # The password takes part in the fingerprint; a result never carries it (sanity for the model).
     auth = RegistryAuth.model_validate({"username": "u", "password": "hunter2"})
     assert "hunter2" not in auth.model_dump_json()
+
+
+def _journal(path: Path) -> dict[str, int]:
+    """What another process reading the journal sees now: command_id -> published."""
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT command_id, published FROM results").fetchall())
+
+
+async def test_writes_of_one_loop_turn_are_one_commit_and_durable_waits_for_it(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite3"
+    store = ResultStore(100, path)
+    commits: list[int] = []
+    store._db.set_trace_callback(lambda sql: commits.append(1) if sql == "COMMIT" else None)  # type: ignore[union-attr]
+    for i in range(20):
+        store.put(_result(f"c{i}"), published=False, fingerprint="f")
+    store.mark_published("c3")
+    assert _journal(path) == {}  # queued, not yet written: nothing relies on them before durable()
+    await store.durable()
+    assert len(commits) == 1
+    journal = _journal(path)
+    assert len(journal) == 20
+    assert journal["c3"] == 1
+    assert journal["c4"] == 0
+    await store.durable()  # nothing queued: returns at once, no empty commit
+    assert len(commits) == 1
+    store.close()
+
+
+async def test_a_failed_commit_reaches_whoever_waits_for_it(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite3"
+    store = ResultStore(100, path)
+    blocker = sqlite3.connect(path, timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the journal's write lock
+    store._db.execute("PRAGMA busy_timeout = 0")  # type: ignore[union-attr]
+    store.put(_result("c1"), published=False, fingerprint="f")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await store.durable()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    store.put(_result("c2"), published=False, fingerprint="f")
+    await store.durable()  # the next commit works again
+    assert "c2" in _journal(path)
+    store.close()
+
+
+def test_close_commits_what_is_queued(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite3"
+    store = ResultStore(100, path)
+    store.put(_result("c1"), fingerprint="f")  # no event loop: written at once
+    assert _journal(path) == {"c1": 1}
+    store.close()
