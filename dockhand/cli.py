@@ -146,10 +146,12 @@ def run() -> None:
     setup_logging(settings.log_level, settings.log_json, settings.host_id)
     from aiormq.exceptions import AMQPConnectionError, ProbableAuthenticationError
 
-    from dockhand.worker.app import create_app
+    from dockhand.worker.app import create_app, tune_gc
 
+    worker = create_app(settings)
+    tune_gc()
     try:
-        asyncio.run(create_app(settings).run())
+        asyncio.run(worker.run())
     except ProbableAuthenticationError as err:
         _die(f"RabbitMQ at {mask_url(settings.amqp_url)} refused the login: {error_reason(err)}", EXIT_UNAVAILABLE)
     except AMQPConnectionError as err:

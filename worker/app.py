@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import secrets
@@ -96,6 +97,20 @@ def _broker(settings: Settings, telemetry: Telemetry) -> MultiNodeBroker:
     )
 
 
+def tune_gc() -> None:
+    """Set up the cycle collector for a long-running worker, once everything is imported.
+
+    ``gc.freeze()`` moves what exists now (modules, classes, schemas: ~90,000 objects) out of
+    the collector's sight, and a larger first generation lets the short-lived objects of a
+    command die by reference count before a collection walks them. Measured with the real
+    dispatcher over fakes: the collector's share of a cheap command fell from ~114 µs to ~9 µs.
+    Only the worker's own process does this (not a test process that builds an app).
+    """
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(10_000, second, third)
+
+
 def message_ids() -> Callable[[], str]:
     """Ids for the messages we publish without one (``correlation_id``): a random prefix per
     process and a counter. FastStream's default is a ``uuid4`` per publish, whose
@@ -132,7 +147,9 @@ class Runtime:
         self.telemetry = telemetry
         self.topology = Topology(settings)
         self.broker = _broker(settings, telemetry)
-        self.publisher = Publisher(self.broker)
+        # Past FastStream's publish path when no span is recorded (its spans are then the only
+        # thing that path would add).
+        self.publisher = Publisher(self.broker, direct=not telemetry.records_spans)
         self.dispatcher = Dispatcher(settings, self.topology, self.publisher, telemetry)
         self.labels = Labels(settings.label_prefix, settings.discovery_label_prefix)
         # Every publisher on the events exchange shares one sequencer: one counter per family.

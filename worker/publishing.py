@@ -6,14 +6,17 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import aio_pika
 from faststream.rabbit import RabbitExchange
 
 from dockhand.schemas import WireModel
 
 from .retry import once_then_retry
+from .telemetry import carry_trace
 
 log = logging.getLogger("dockhand.publish")
 
@@ -24,28 +27,77 @@ Publish = Callable[[str, WireModel], Awaitable[None]]
 """A confirmed publish of one wire model under a routing key (results, events, heartbeats)."""
 
 
+_DEFAULT_EXCHANGE = RabbitExchange()
+"""AMQP's default exchange (a ``reply_to`` queue is its routing key)."""
+
+
 class Publisher:
     """Confirmed, retried publishing of wire models (results, events, heartbeats)."""
 
-    def __init__(self, broker: RabbitBroker, *, attempts: int | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, broker: RabbitBroker, *, attempts: int | None = None, timeout_s: float = 30.0, direct: bool = False
+    ) -> None:
         self.broker = broker
         self._attempts = attempts
         self._timeout_s = timeout_s
+        self._direct = direct
 
     async def confirmed(self, payload: bytes, **options: Any) -> None:
         """Publish and wait for the broker's confirm; retry a failed publish, with backoff, for up
         to ``timeout_s`` (a broker restart takes seconds: a count of quick attempts would not
         outlast it).
 
-        ``mandatory=False``: an exchange with no bound queue is not an error.
+        ``mandatory=False``: an exchange with no bound queue is not an error. With ``direct``
+        (the worker sets it when no span is recorded), the message goes to aio-pika's exchange
+        object at once, past FastStream's publish path (its command object and middlewares:
+        about a quarter of a confirmed publish's CPU); the message on the wire is the same.
         """
+        send = (
+            partial(self._publish_direct, payload, **options)
+            if self._direct
+            else partial(self.broker.publish, payload, mandatory=False, content_type="application/json", **options)
+        )
         await once_then_retry(
-            partial(self.broker.publish, payload, mandatory=False, content_type="application/json", **options),
+            send,
             on=Exception,
             attempts=self._attempts,
             budget_s=self._timeout_s,
             first_failed=lambda exc: log.warning("publish failed (%s: %s); retrying", type(exc).__name__, exc),
         )
+
+    async def _publish_direct(
+        self,
+        payload: bytes,
+        *,
+        exchange: RabbitExchange | None = None,
+        routing_key: str = "",
+        persist: bool = False,
+        headers: dict[str, Any] | None = None,
+        correlation_id: str | None = None,
+        message_type: str | None = None,
+        message_id: str | None = None,
+        reply_to: str | None = None,
+        timestamp: datetime | None = None,
+    ) -> None:
+        """One confirmed publish as FastStream's would make it (the same properties), through the
+        broker's own declarer (its channel, its cached exchange objects, its reconnects)."""
+        config = self.broker.config
+        target = await config.declarer.declare_exchange(exchange or _DEFAULT_EXCHANGE, declare=False)
+        headers = dict(headers) if headers else {}
+        carry_trace(headers)
+        message = aio_pika.Message(
+            payload,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT if persist else aio_pika.DeliveryMode.NOT_PERSISTENT,
+            headers=headers,
+            correlation_id=correlation_id or config.id_generator(),
+            message_id=message_id,
+            reply_to=reply_to,
+            timestamp=timestamp or datetime.now(UTC),
+            type=message_type,
+            app_id=config.app_id,
+        )
+        await target.publish(message, routing_key=routing_key, mandatory=False)
 
     def to(self, exchange: RabbitExchange, *, message_type: str, sequencer: EventSequencer | None = None) -> Publish:
         """A ``publish(routing_key, model)`` function for one exchange; with a ``sequencer``,

@@ -61,12 +61,23 @@ def _canonical(value: Any) -> Any:
 
 @dataclass(slots=True)
 class Entry:
-    """A stored result, whether it was published, and the fingerprint of the command it answers
-    (``None`` for a row written before fingerprints existed: it then matches any repeat)."""
+    """A stored result (its JSON), whether it was published, and the fingerprint of the command
+    it answers (``None`` for a row written before fingerprints existed: it then matches any
+    repeat).
 
-    result: Result
+    The result is kept as its JSON text, parsed only when a repeat asks for it: ten thousand
+    parsed results are some 300,000 objects that every full garbage collection walks, a string
+    is none.
+    """
+
+    body: str
     published: bool
     fingerprint: str | None = None
+
+    @property
+    def result(self) -> Result:
+        """The stored result, parsed."""
+        return Result.model_validate_json(self.body)
 
 
 class ResultStore:
@@ -123,7 +134,7 @@ class ResultStore:
                 "SELECT command_id, body, published, fingerprint FROM results ORDER BY seq DESC LIMIT ?", (capacity,)
             ).fetchall()
             for key, body, published, fingerprint in reversed(rows):
-                self._results[key] = Entry(Result.model_validate_json(body), bool(published), fingerprint)
+                self._results[key] = Entry(body, bool(published), fingerprint)
 
     def fingerprint(self, command_type: str, payload: WireModel | None) -> str:
         """What binds a ``command_id`` to its command: a keyed hash of the type and the
@@ -150,7 +161,7 @@ class ResultStore:
         ).fetchone()
         if row is None:
             return None
-        entry = Entry(Result.model_validate_json(row[0]), bool(row[1]), row[2])
+        entry = Entry(row[0], bool(row[1]), row[2])
         self._results[key] = entry
         return entry
 
@@ -177,14 +188,13 @@ class ResultStore:
         if self._capacity == 0:
             return
         key = result.command_id if key is None else key
-        self._results[key] = Entry(result, published, fingerprint)
+        body = body if body is not None else result.model_dump_json()
+        self._results[key] = Entry(body, published, fingerprint)
         self._results.move_to_end(key)
         while len(self._results) > self._capacity:
             self._results.popitem(last=False)
         if self._db is not None:
-            self._write(
-                _INSERT, (key, body if body is not None else result.model_dump_json(), int(published), fingerprint)
-            )
+            self._write(_INSERT, (key, body, int(published), fingerprint))
             self._writes += 1
             if self._writes % 1000 == 0:
                 self._write(_PRUNE, (self._capacity,))

@@ -141,9 +141,14 @@ class TraceContextOnly(BaseMiddleware):
             otel_context.detach(token)
 
     async def publish_scope(self, call_next: Any, cmd: Any) -> Any:
-        if trace.get_current_span().get_span_context().is_valid:
-            _TRACE_CONTEXT.inject(cmd.headers)
+        carry_trace(cmd.headers)
         return await call_next(cmd)
+
+
+def carry_trace(headers: dict[str, Any]) -> None:
+    """Put the current trace context (``traceparent``) into ``headers``, when there is one."""
+    if trace.get_current_span().get_span_context().is_valid:
+        _TRACE_CONTEXT.inject(headers)
 
 
 def broker_middlewares(telemetry: Telemetry) -> list[Any]:
