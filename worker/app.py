@@ -94,6 +94,9 @@ def _broker(settings: Settings, telemetry: Telemetry) -> MultiNodeBroker:
         middlewares=broker_middlewares(telemetry),
         on_reconnected=[lambda _: telemetry.broker_reconnects.add(1)],
         id_generator=message_ids(),
+        # The one handler takes the message as it is (_as_is): FastDepends would only resolve
+        # that one parameter, at about 5 % of a cheap command's CPU (py-spy, c=64).
+        apply_types=False,
     )
 
 
