@@ -149,7 +149,8 @@ class EventStream(Background):
                     await self._wake.wait()
 
     async def _read_once(self) -> None:
-        params: dict[str, Any] = {"filters": json.dumps({"type": ["container", "network"]})}
+        # Image events only keep the image cache current (worker/docker/images.py); not published.
+        params: dict[str, Any] = {"filters": json.dumps({"type": ["container", "network", "image"]})}
         if self._last_time_nano is not None:
             params["since"] = _since(self._last_time_nano)
         docker = self.ops.docker
@@ -163,6 +164,7 @@ class EventStream(Background):
                 self._just_connected = True
                 self.ops.mark_available()  # a live stream is proof enough; don't wait for the next probe
                 self.state.set_connected(True)
+                self.ops.watch(True)  # event-fed caches start empty, and are used from now on
                 if self._ever_connected:
                     self.state.reconnects += 1
                     log.info(
@@ -176,6 +178,9 @@ class EventStream(Background):
                     if not line.strip():
                         continue
                     event = json.loads(line)
+                    self.ops.saw(event)  # caches hear of a change at once, not after the queue
+                    if event.get("Type") == "image":
+                        continue  # for the image cache only: never published
                     key = _event_key(event)
                     if key in self._recent_set:
                         continue  # the boundary event of a resumed stream
@@ -183,6 +188,7 @@ class EventStream(Background):
                     self._last_time_nano = int(event.get("timeNano") or self._last_time_nano or 0)
                     self._enqueue((event, time.time()))
             finally:
+                self.ops.watch(False)  # a gap: caches are not used until the next connect
                 response.close()
         raise ConnectionError("stream ended")
 

@@ -1123,6 +1123,11 @@ class FakeDocker:
         self._next_ip[net.id] = self._next_ip.get(net.id, 1) + 1
         return f"172.{net.subnet}.0.{self._next_ip[net.id]}"
 
+    def _on_network(self, c: FakeContainer, value: str) -> bool:
+        """Docker's ``network`` list filter: a network name of the container, or an id prefix."""
+        nets = [self.networks.get(key) for key in c.endpoints]
+        return any(n is not None and (n.name == value or n.id.startswith(value)) for n in nets) or value in c.endpoints
+
     def _container_json(self, c: FakeContainer) -> dict[str, Any]:
         networks = {}
         for key, endpoint in c.endpoints.items():
@@ -1132,7 +1137,8 @@ class FakeDocker:
                 "Links": None,
                 "Aliases": (endpoint or {}).get("Aliases"),
                 "NetworkID": net.id if net else "",
-                "EndpointID": self._new_id() if c.running and net else "",
+                # One id per endpoint, for as long as it lives (a start or connect makes a new one).
+                "EndpointID": _stable_id("endpoint", c.id, net.id, c.ips.get(net.id, "")) if c.running and net else "",
                 "Gateway": f"172.{net.subnet}.0.1" if c.running and net else "",
                 "IPAddress": c.ips.get(key, ""),
                 "IPPrefixLen": 16 if key in c.ips else 0,
@@ -1196,6 +1202,8 @@ class FakeDocker:
             labels = c.config.get("Labels") or {}
             if not all(_label_matches(labels, want) for want in filters.get("label", [])):
                 continue
+            if filters.get("network") and not any(self._on_network(c, value) for value in filters["network"]):
+                continue
             if filters.get("status") and c.status not in filters["status"]:
                 continue
             if filters.get("name") and not any(re.search(n, c.name) for n in filters["name"]):
@@ -1227,7 +1235,10 @@ class FakeDocker:
                     if c.running
                     else ("Created" if c.status == "created" else "Exited (0) 1 second ago"),
                     "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode") or "default"},
-                    "NetworkSettings": {"Networks": info["NetworkSettings"]["Networks"]},
+                    # Docker's list leaves the aliases out (null): only an inspect has them.
+                    "NetworkSettings": {
+                        "Networks": {k: {**v, "Aliases": None} for k, v in info["NetworkSettings"]["Networks"].items()}
+                    },
                     "Mounts": info["Mounts"],
                 }
             )
@@ -1235,6 +1246,8 @@ class FakeDocker:
 
     async def _container_start(self, request: web.Request, m: dict[str, str]) -> web.StreamResponse:
         c = self.find_container(m["id"])
+        if c.status == "paused":
+            raise DockerAPIError(409, "cannot start a paused container, try unpause instead")
         if c.running:
             return web.Response(status=304)
         try:
@@ -1446,7 +1459,7 @@ class FakeDocker:
         containers = {
             c.id: {
                 "Name": c.name,
-                "EndpointID": self._new_id(),
+                "EndpointID": _stable_id("endpoint", c.id, net.id, c.ips[net.id]),
                 "MacAddress": "02:42:ac:11:00:02",
                 "IPv4Address": f"{c.ips[net.id]}/16",
                 "IPv6Address": "",

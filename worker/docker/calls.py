@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
 
 import aiodocker
 from aiodocker.exceptions import DockerError
@@ -31,6 +32,8 @@ from .census import Census
 log = logging.getLogger("dockhand.docker")
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 JSON = dict[str, Any]
 
 
@@ -58,6 +61,10 @@ class DockerCalls:
         self._answered_at = 0.0  # monotonic time of the latest proof that Docker answers
         self._availability_listeners: list[Callable[[bool], None]] = []
         self._recheck: asyncio.Future[bool] | None = None
+        # Whether the event stream is connected now (see watch / saw): caches that its events keep
+        # current are used only while it is.
+        self.watching = False
+        self._event_listeners: list[Callable[[JSON | None], None]] = []
 
     # --- the one call path ---------------------------------------------------------------
 
@@ -155,6 +162,26 @@ class DockerCalls:
         self.mark_available()
         return True
 
+    # --- what the event stream reports (for caches) ------------------------------------------
+
+    def on_event(self, listener: Callable[[JSON | None], None]) -> None:
+        """Call ``listener(event)`` for every Docker event the stream reads, and
+        ``listener(None)`` whenever the stream connects or is lost (forget everything)."""
+        self._event_listeners.append(listener)
+
+    def watch(self, connected: bool) -> None:
+        """The event stream just connected (or was lost). Across a gap the worker cannot know
+        what changed: every event-fed cache starts empty either way."""
+        self.watching = connected
+        for listener in self._event_listeners:
+            listener(None)
+
+    def saw(self, event: JSON) -> None:
+        """One event, as the stream reads it (before it is queued, so a cache hears of a change
+        within the time Docker takes to report it, not after the events queued before it)."""
+        for listener in self._event_listeners:
+            listener(event)
+
     # --- naming and scope ----------------------------------------------------------------
 
     def container_name(self, workspace_id: str) -> str:
@@ -205,6 +232,75 @@ class DockerCalls:
         if sender is not None:
             name = f"{name}-{tenancy.owner_slug(sender.user)}"
         return name if egress else f"{name}-noegress"
+
+
+class Remembered(Generic[K, V]):
+    """A bounded (LRU) cache of Docker facts that the event stream keeps current.
+
+    Used only while the stream is connected (:attr:`DockerCalls.watching`) and emptied whenever
+    it connects or is lost. A value is stored only if its key was not invalidated since the
+    caller took its :meth:`token` (before the Docker call that produced the value): an event
+    read while that call was in flight may describe a change its answer does not show.
+    """
+
+    def __init__(self, ops: DockerCalls, size: int, on_event: Callable[[Remembered[K, V], JSON], None]) -> None:
+        self.ops = ops
+        self.size = size
+        self._values: OrderedDict[K, V] = OrderedDict()
+        self._clock = 0  # advanced by every drop and clear
+        self._floor = 0  # nothing taken before this is stored (a clear, or a forgotten drop)
+        self._dropped: OrderedDict[K, int] = OrderedDict()  # key -> when it was last dropped
+        self._on_event = on_event
+        ops.on_event(self._heard)
+
+    def _heard(self, event: JSON | None) -> None:
+        if event is None:
+            self.clear()
+        else:
+            self._on_event(self, event)
+
+    def token(self) -> int:
+        """Take before the Docker call whose answer :meth:`put` stores."""
+        return self._clock if self.ops.watching else -1
+
+    def get(self, key: K) -> V | None:
+        """The remembered value (``None``: ask Docker)."""
+        if not self.ops.watching:
+            return None
+        value = self._values.get(key)
+        if value is not None:
+            self._values.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V, token: int) -> None:
+        """Remember ``value`` unless ``key`` was invalidated since ``token`` was taken."""
+        if token < self._floor or self._dropped.get(key, -1) > token or not self.ops.watching:
+            return
+        self._values[key] = value
+        self._values.move_to_end(key)
+        while len(self._values) > self.size:
+            self._values.popitem(last=False)
+
+    def drop(self, key: K) -> None:
+        """Forget one value (and refuse it from calls in flight)."""
+        self._clock += 1
+        self._values.pop(key, None)
+        self._dropped[key] = self._clock
+        self._dropped.move_to_end(key)
+        while len(self._dropped) > self.size:
+            _, when = self._dropped.popitem(last=False)
+            self._floor = max(self._floor, when)  # no longer known which key: refuse all older
+
+    def clear(self) -> None:
+        """Forget everything (and refuse values from calls in flight)."""
+        self._clock += 1
+        self._floor = self._clock
+        self._values.clear()
+        self._dropped.clear()
+
+    def items(self) -> list[tuple[K, V]]:
+        """What is remembered now (for invalidation by value)."""
+        return list(self._values.items())
 
 
 def _refusal(error: DockhandError, cause: Exception, what: str) -> DockhandError:

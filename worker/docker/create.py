@@ -120,7 +120,7 @@ class Creator:
 
     async def _create(self, p: WorkspaceCreate, resolved: WorkspaceCreate) -> Workspace:
         wanted = spec_hash(p)
-        existing = await self.containers.find(p.workspace_id)
+        existing = await self.containers.find(p.workspace_id) if self._may_exist(p.workspace_id) else None
         if existing is not None:
             return await self._adopt(existing, p, wanted)
         snapshot = self.ops.policy.is_snapshot(p.image)
@@ -134,7 +134,7 @@ class Creator:
         # Bind-bearing creates one at a time: the check against the live mounts stays true
         # until the container (whose mounts the next check sees) exists.
         async with self._bind_lock if plan.binds else contextlib.nullcontext():
-            await self._check_binds_live(plan.binds, subject)
+            await self._check_binds_live(plan.binds, subject, self.ops.container_name(p.workspace_id))
             missing_volumes = await self.volumes.check(p)
             network = p.network or self.ops.default_network(egress=p.egress)
             net = await self.networks.joinable(network, subject)
@@ -157,13 +157,27 @@ class Creator:
         if p.start:
             try:
                 await self.containers.start(p.workspace_id, made.container or "")
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, DockhandError) and exc.code is ErrorCode.NOT_FOUND:
+                    self.networks.facts.clear()  # its network may be gone since it was looked at
                 # A container that cannot start is removed with what came with it (never an
                 # adopted one: that path returned above).
                 async with self.networks.attach_lock(net["Name"]):
                     await self._undo(made, subject)
                 raise
         return self.containers.workspace(await self.containers.get(p.workspace_id), created=True)
+
+    def _may_exist(self, workspace_id: str) -> bool:
+        """Whether the workspace may exist, so that the create looks first.
+
+        Not when the census, kept by the connected event stream (a list at each connect, then
+        every create and destroy event, and this worker's own creates and removes), has no such
+        workspace: then nothing is inspected first. Should a container hold the name after all
+        (not managed by this host, or made a moment ago elsewhere), the create of the container
+        is refused with 409 and :meth:`_make` finds it then, with the same checks: ``forbidden``,
+        adopt or ``conflict``, and what this create made removed again."""
+        census = self.ops.census
+        return not (self.ops.watching and census.known is not None and workspace_id not in census.known)
 
     async def _make_network(self, network: str, made: _Made, subject: str, *, internal: bool) -> JSON:
         ensured = await self.networks.ensure(NetworkEnsure(name=network, internal=internal))
@@ -181,7 +195,11 @@ class Creator:
         """Make the volumes and the container (its id goes on ``made``); a workspace adopted
         instead when a create of the same workspace won the race (then ``made`` is emptied)."""
         p, ops, name = plan.p, self.ops, self.ops.container_name(plan.p.workspace_id)
-        await self.networks.check_aliases(net, [p.workspace_id, name], None, plan.subject, workspaces=False)
+        # A container already named like this one is left out: the create below cannot make a
+        # second one with that name (409), and it goes the adopt way (or is refused) instead.
+        await self.networks.check_aliases(
+            net, [p.workspace_id, name], None, plan.subject, workspaces=False, own_name=name
+        )
         await self.volumes.create(missing_volumes, p, made.volumes)
         # The network's name, not the reference the sender used (an id, say): discovery
         # matches the dockhand.network label against the container's network names.
@@ -244,14 +262,15 @@ class Creator:
         elif made:
             log.info("%s: removed what the failed create had made", subject)
 
-    async def _check_binds_live(self, binds: list[tuple[str, bool]], subject: str) -> None:
+    async def _check_binds_live(self, binds: list[tuple[str, bool]], subject: str, own_name: str) -> None:
         """Refuse binds that nest with a bind of any workspace on this Docker host, of any
         worker (unless both are read-only; see :func:`worker.policy.binds_conflict`), or with
         Docker's data directory (where every volume is writable by the workspaces that mount it).
 
         Only workspaces count: they are what senders control. Containers the operator runs
         outside dockhand are the operator's (an agent binding ``/`` read-only must not block
-        every writable bind)."""
+        every writable bind). A container named ``own_name`` is left out: it is this workspace
+        (the create adopts it) or holds its name (the create is refused), never both at once."""
         if not binds:
             return
         root = await self.host.docker_root()
@@ -261,6 +280,7 @@ class Creator:
         others = [
             (container.id, mount["Source"], not mount.get("RW", True))
             for container in containers
+            if f"/{own_name}" not in (listed(container, "Names", None) or [])
             for mount in listed(container, "Mounts", [])
             if mount.get("Type") == "bind" and mount.get("Source")
         ]

@@ -11,7 +11,9 @@ from dockhand.schemas.results import ImageInfo, ImagePulled
 from ..errors import DockhandError
 from ..policy import explicit_registry, image_registry
 from . import models
-from .calls import JSON, DockerCalls
+from .calls import JSON, DockerCalls, Remembered
+
+_REMEMBERED = 256  # image references whose inspect a create reuses
 
 
 class Images:
@@ -20,6 +22,10 @@ class Images:
     def __init__(self, ops: DockerCalls) -> None:
         self.ops = ops
         self._pulls: dict[tuple[str, str | None], asyncio.Future[None]] = {}
+        self.facts: Remembered[str, JSON] = Remembered(ops, _REMEMBERED, _image_event)
+        """Inspects by reference, for creates. What a reference means changes only by a pull,
+        tag, untag, delete, import, load or commit, each an image event (or this worker's own
+        pull or snapshot), which forgets every entry."""
 
     async def find(self, image: str) -> JSON | None:
         """The image's inspect data; ``None`` when it is not on the host."""
@@ -32,14 +38,24 @@ class Images:
             subject=f"image {image} on {self.ops.host_id}",
         )
 
+    async def _known(self, image: str) -> JSON | None:
+        """Like :meth:`find`, remembered while the event stream says nothing changed."""
+        info = self.facts.get(image)
+        if info is None:
+            token = self.facts.token()
+            info = await self.find(image)
+            if info is not None:
+                self.facts.put(image, info, token)
+        return info
+
     async def ensure(self, image: str, policy: str, auth: RegistryAuth | None) -> JSON:
         """The image's inspect data, pulled first as the pull policy says."""
         if policy == "always":
             await self.pull(image, auth)
-        info = await self.find(image)
+        info = await self._known(image)
         if info is None and policy == "missing":
             await self.pull(image, auth)
-            info = await self.find(image)
+            info = await self._known(image)
         if info is None:
             raise DockhandError(
                 ErrorCode.IMAGE_NOT_FOUND, f"image {image} not found on {self.ops.host_id} (pull: {policy})"
@@ -77,7 +93,10 @@ class Images:
             async with asyncio.timeout(self.ops.settings.pull_timeout_s):
                 await self.ops.docker.images.pull(reference, auth=header)
 
-        await self.ops.call("image.pull", pull, subject=f"image {image} on {self.ops.host_id}", pulling=True)
+        try:
+            await self.ops.call("image.pull", pull, subject=f"image {image} on {self.ops.host_id}", pulling=True)
+        finally:
+            self.facts.clear()  # a reference may mean another image now (its event follows)
 
     async def pulled(self, image: str, auth: RegistryAuth | None) -> ImagePulled:
         """``image.pull``: pull, then say what was pulled (its id and digest)."""
@@ -97,3 +116,9 @@ class Images:
         if info is None:
             raise DockhandError(ErrorCode.IMAGE_NOT_FOUND, f"image {image} not found on {self.ops.host_id}")
         return models.image_info(info)
+
+
+def _image_event(facts: Remembered[str, JSON], event: JSON) -> None:
+    """Anything done to any image: a reference may mean another image now."""
+    if event.get("Type") == "image":
+        facts.clear()

@@ -60,6 +60,11 @@ class Leases:
         self.changed = asyncio.Event()
         """Set when a deadline is added or moved: the expiry loop looks again."""
         containers.deadline_of = self._seen
+        self._leased: set[str] = set()
+        """Workspace ids that may have leases: every one a scan saw, and every one extended. Once
+        a scan has run (``_scanned``), a remove of any other workspace lists none."""
+        self._scanned = False
+        self._extends = 0  # extends so far (a drop that raced one keeps the id in _leased)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -144,7 +149,11 @@ class Leases:
             if deadline is not None:
                 found[workspace_id] = deadline
         now = utcnow()
-        for volume in sorted(await self._leases(), key=lambda v: v.get("Name", "")):
+        leases = await self._leases()
+        # Added to, never replaced: an extend made while the list was in flight must stay known.
+        self._leased |= {(v.get("Labels") or {}).get(self.ops.labels.lease_of, "") for v in leases}
+        self._scanned = True
+        for volume in sorted(leases, key=lambda v: v.get("Name", "")):
             workspace_id = (volume.get("Labels") or {}).get(self.ops.labels.lease_of, "")
             container = by_workspace.get(workspace_id)
             lease = None if container is None else self._lease_deadline(volume, found.get(workspace_id), container)
@@ -177,6 +186,8 @@ class Leases:
             names.on_expiry: current.action if current is not None else "stop",
         }
         subject = self.ops.subject(workspace_id)
+        self._extends += 1
+        self._leased.add(workspace_id)  # before it exists: a drop must not miss it
         await self.ops.call(
             "volume.create",
             lambda: handles.volumes(self.ops.docker).create({"Name": name, "Labels": labels}),
@@ -188,7 +199,12 @@ class Leases:
         return self.containers.workspace(info)
 
     async def drop_leases(self, workspace_id: str, *, keep: str | None = None) -> None:
-        """Remove the workspace's leases (but ``keep``); a failure is logged, the scan skips them."""
+        """Remove the workspace's leases (but ``keep``); a failure is logged, the scan skips them.
+
+        No Docker call for a workspace that has none: one no scan saw and no extend made."""
+        if keep is None and self._scanned and workspace_id not in self._leased:
+            return
+        extends, left = self._extends, False
         for volume in await self._leases(workspace_id):
             name = volume.get("Name", "")
             if name == keep:
@@ -198,4 +214,7 @@ class Leases:
                     "volume.delete", handles.volume(self.ops.docker, name).delete, subject=f"lease {name}"
                 )
             except Exception as exc:  # a stale lease is harmless: it names an older lease or container
+                left = True
                 log.warning("lease %s of workspace %s not removed: %s", name, workspace_id, exc)
+        if keep is None and not left and extends == self._extends:
+            self._leased.discard(workspace_id)

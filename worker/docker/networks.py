@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 
 from aiodocker.containers import DockerContainer
 
@@ -19,7 +20,7 @@ from dockhand.schemas.results import NetworkAttachment, NetworkEnsured, NetworkR
 from .. import tenancy
 from ..errors import DockhandError
 from . import handles
-from .calls import JSON, DockerCalls
+from .calls import JSON, DockerCalls, Remembered
 from .containers import Containers
 from .models import listed
 
@@ -27,6 +28,8 @@ log = logging.getLogger("dockhand.docker")
 
 INHIBIT_IPV4 = "com.docker.network.bridge.inhibit_ipv4"
 """The bridge option that keeps the host's own address off a network (Docker 20.10 has it)."""
+
+_REMEMBERED = 1024  # networks, and (container, network) endpoints, whose facts are kept
 
 
 def egress_free(net: JSON) -> bool:
@@ -43,6 +46,18 @@ class Networks:
         self.containers = containers
         self._create_locks: dict[str, asyncio.Lock] = {}
         self._attach_locks: dict[str, asyncio.Lock] = {}
+        self.facts: Remembered[str, JSON] = Remembered(ops, _REMEMBERED, _network_event)
+        """Inspects by the reference a workspace joins with (name or id), ``Containers`` left out.
+
+        Docker never changes a network's name, id, driver, labels or options; a name can only
+        come to mean another network through a destroy and a create, whose events (or this
+        worker's own create or delete) forget every entry."""
+        self._aliases: OrderedDict[tuple[str, str], tuple[str, str, list[str]]] = OrderedDict()
+        """(container id, network name) -> (endpoint id, container name, its aliases there).
+
+        Docker's list has each container's endpoint ids but not its aliases, and an endpoint's
+        aliases never change while it lives (a new connect is a new endpoint, with a new id)."""
+        containers.inspected.append(self._note_endpoints)
 
     def _subject(self, ref: str) -> str:
         return f"network {ref} on {self.ops.host_id}"
@@ -86,6 +101,7 @@ class Networks:
             network = handles.network(ops.docker, other["Id"])
             info = await ops.maybe("network.inspect", network.show, subject=subject)
             if info and ops.labels.is_managed_by(info.get("Labels"), ops.host_id) and not info.get("Containers"):
+                self.facts.clear()
                 with contextlib.suppress(DockhandError):  # another process removed it first
                     await ops.call("network.delete", network.delete, subject=subject)
         log.warning("%s existed %d times (a create race); kept %s", subject, len(same), keep["Id"][:12])
@@ -96,6 +112,7 @@ class Networks:
         network = handles.network(self.ops.docker, network_id)
         info = await self.ops.maybe("network.inspect", network.show, subject=subject)
         if info is not None and not info.get("Containers"):
+            self.facts.clear()
             await self.ops.call("network.delete", network.delete, subject=subject)
 
     def _check_owner(self, info: JSON, subject: str) -> None:
@@ -115,9 +132,18 @@ class Networks:
         policy = self.ops.policy
         policy.check_network_name(ref, subject)
         what = self._subject(ref)
-        info = await self._show(ref, what)
+        info = self.facts.get(ref)
         if info is None:
-            return None
+            token = self.facts.token()
+            info = await self._show(ref, what)
+            if info is None:
+                return None
+            # The facts only: what the sender may do with the network is checked below, each time.
+            facts = {k: v for k, v in info.items() if k != "Containers"}
+            exact = [str(info.get("Name", "")), str(info.get("Id", ""))]
+            if ref in exact:  # by its name and its id (a partial id is refused below)
+                for key in exact:
+                    self.facts.put(key, facts, token)
         name = str(info.get("Name", ""))
         if name != ref and info.get("Id") != ref:
             raise DockhandError(
@@ -145,16 +171,37 @@ class Networks:
         return self._attach_locks.setdefault(network, asyncio.Lock())
 
     async def check_aliases(
-        self, net: JSON, aliases: list[str], own_id: str | None, subject: str, *, workspaces: bool
+        self,
+        net: JSON,
+        aliases: list[str],
+        own_id: str | None,
+        subject: str,
+        *,
+        workspaces: bool,
+        own_name: str | None = None,
     ) -> None:
         """Refuse a DNS name on ``net`` that already answers for another container there: its
         name, short id or an alias (running or not: a stopped container's aliases come back at
         its start). With ``workspaces``, also any workspace id / container name of this host,
-        so no alias is parked on a name a workspace may still join with. Case-insensitive, as DNS is."""
+        so no alias is parked on a name a workspace may still join with. Case-insensitive, as DNS is.
+        The container ``own_id`` (or named ``own_name``) is the one joining: left out."""
         # By name too: a container that was never started has no network id on its endpoint yet.
         members = await self.containers.matching({"network": [net["Id"], net["Name"]]}, self._subject(net["Name"]))
         taken: dict[str, str] = {}
-        for info in await self.containers.inspect_each([c for c in members if c.id != own_id]):
+        unknown: list[DockerContainer] = []
+        for member in members:
+            if member.id == own_id or (own_name and f"/{own_name}" in (listed(member, "Names", None) or [])):
+                continue
+            known = self._known_aliases(member, net["Name"])
+            if known is None:
+                unknown.append(member)
+                continue
+            name, theirs = known
+            for dns_name in [name, member.id[:12], *theirs]:
+                taken.setdefault(dns_name.lower(), f"container {name}")
+        # Only the members whose aliases are not known from their endpoint's id (not running,
+        # joined or renamed since) are inspected.
+        for info in await self.containers.inspect_each(unknown):  # noted by _note_endpoints
             name = str(info.get("Name", "")).lstrip("/")
             endpoint = ((info.get("NetworkSettings") or {}).get("Networks") or {}).get(net.get("Name")) or {}
             for dns_name in [name, info["Id"][:12], *(endpoint.get("Aliases") or [])]:
@@ -170,6 +217,34 @@ class Networks:
                     f"{subject}: {alias} already names {holder} on network {net.get('Name')}; "
                     "a DNS name is never taken over",
                 )
+
+    def _known_aliases(self, member: DockerContainer, network: str) -> tuple[str, list[str]] | None:
+        """A listed member's name and aliases on ``network``, if known for its endpoint now."""
+        endpoint = ((listed(member, "NetworkSettings", None) or {}).get("Networks") or {}).get(network) or {}
+        endpoint_id = endpoint.get("EndpointID")
+        names = listed(member, "Names", None) or []
+        name = str(names[0]).lstrip("/") if names else ""
+        known = self._aliases.get((member.id, network))
+        if not endpoint_id or known is None or known[:2] != (endpoint_id, name):
+            return None
+        self._aliases.move_to_end((member.id, network))
+        return name, known[2]
+
+    def _note_endpoints(self, info: JSON) -> None:
+        """A container was inspected: remember its aliases on each network it has an endpoint on."""
+        name = str(info.get("Name", "")).lstrip("/")
+        for network, endpoint in ((info.get("NetworkSettings") or {}).get("Networks") or {}).items():
+            self._remember_aliases(str(info["Id"]), str(network), name, endpoint or {})
+
+    def _remember_aliases(self, container_id: str, network: str, name: str, endpoint: JSON) -> None:
+        endpoint_id = endpoint.get("EndpointID")
+        if not endpoint_id:  # no endpoint (never started, or stopped): aliases can change unseen
+            self._aliases.pop((container_id, network), None)
+            return
+        self._aliases[(container_id, network)] = (str(endpoint_id), name, list(endpoint.get("Aliases") or []))
+        self._aliases.move_to_end((container_id, network))
+        while len(self._aliases) > _REMEMBERED:
+            self._aliases.popitem(last=False)
 
     def _workspace_names(self, managed: list[DockerContainer], own_id: str | None) -> list[tuple[str, str]]:
         """(DNS name, holder) for each workspace id and container name of this host's workspaces."""
@@ -206,6 +281,7 @@ class Networks:
                 "CheckDuplicate": True,
                 "Labels": {**p.labels, **ops.managed_labels()},
             }
+            self.facts.clear()  # the name means a network from now on
             if p.internal and p.driver == "bridge":
                 # Docker gives even an internal bridge an address on the host (its gateway),
                 # through which a container reaches every service the host listens on: none.
@@ -267,5 +343,12 @@ class Networks:
         self._check_owner(info, subject)
         if info.get("Containers"):
             raise DockhandError(ErrorCode.CONFLICT, f"{subject} is in use by {len(info['Containers'])} container(s)")
+        self.facts.clear()
         await self.ops.call("network.delete", handles.network(self.ops.docker, info["Id"]).delete, subject=subject)
         return NetworkRemoved(name=name, removed=True)
+
+
+def _network_event(facts: Remembered[str, JSON], event: JSON) -> None:
+    """A network made or removed (by anyone): a name may now mean another network."""
+    if event.get("Type") == "network" and event.get("Action") in {"create", "destroy"}:
+        facts.clear()

@@ -64,7 +64,10 @@ class Snapshots:
                 timeout=aiohttp.ClientTimeout(total=_COMMIT_TIMEOUT_S),
             )
 
-        made: JSON = await self.ops.call("container.commit", commit, subject=self.ops.subject(p.workspace_id))
+        try:
+            made: JSON = await self.ops.call("container.commit", commit, subject=self.ops.subject(p.workspace_id))
+        finally:
+            self.images.facts.clear()  # the tag may have meant another image
         return SnapshotMade(workspace_id=p.workspace_id, image=f"{repository}:{tag}", image_id=str(made.get("Id", "")))
 
     async def check_use(self, image: str, info: JSON) -> None:
@@ -95,7 +98,9 @@ class Snapshots:
         try:
             await self.ops.call("image.delete", lambda: self.ops.docker.images.delete(path_safe), subject=subject)
         except DockhandError as exc:
+            self.images.facts.clear()
             if exc.code is ErrorCode.CONFLICT:
                 raise DockhandError(ErrorCode.CONFLICT, f"{subject} is used by a workspace; remove that first") from exc
             raise
+        self.images.facts.clear()
         return ImageRemoved(image=image, removed=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from aiodocker.containers import DockerContainer
 from aiodocker.exceptions import DockerError
@@ -23,7 +24,7 @@ from dockhand.schemas.results import ExecOutput, LogLines, Workspace, WorkspaceL
 from .. import exec_kill, exec_stream, tenancy
 from ..errors import DockhandError, from_exception, rejected
 from .calls import JSON, DockerCalls
-from .containers import Containers
+from .containers import Containers, Known
 from .create import Creator
 from .leases import Leases
 from .volumes import Volumes
@@ -49,54 +50,100 @@ class Workspaces:
         """``workspace.create``: all or nothing, or the same workspace adopted (see create.py)."""
         return await self.creator.create(p)
 
+    async def _on_remembered(
+        self, workspace_id: str, act: Callable[[str], Awaitable[None]], fall_back: frozenset[int]
+    ) -> Known | None:
+        """Act on the remembered container's id, without inspecting first (ownership checked on
+        its remembered labels, which Docker never changes). ``None`` when nothing is remembered,
+        or when Docker answers one of the ``fall_back`` statuses (404: the container is gone,
+        perhaps replaced under its name; then it is forgotten): the caller inspects by name and
+        decides as it always did."""
+        known = self.containers.remembered(workspace_id)
+        if known is None:
+            return None
+        try:
+            await act(known.id)
+        except DockhandError as exc:
+            status = _docker_status(exc)
+            if status not in fall_back:
+                raise
+            if status == 404:
+                self.containers.forget(workspace_id)
+            return None
+        return known
+
     async def start(self, workspace_id: str) -> Workspace:
         """``workspace.start`` (already running: as it is)."""
-        info = await self.containers.get(workspace_id)
-        if not info["State"].get("Running"):
-            await self.containers.start(workspace_id, info["Id"])
+        # Docker answers a start of a running container with 304 (no error); 409 (paused):
+        # the inspecting way, which leaves a paused workspace as it is.
+        start = self._on_remembered(
+            workspace_id, lambda ref: self.containers.start(workspace_id, ref), frozenset({404, 409})
+        )
+        if await start is None:
             info = await self.containers.get(workspace_id)
-        return self.containers.workspace(info)
+            if info["State"].get("Running"):
+                return self.containers.workspace(info)
+            await self.containers.start(workspace_id, info["Id"])
+        return self.containers.workspace(await self.containers.get(workspace_id))
 
     async def stop(self, p: WorkspaceStop) -> Workspace:
         """``workspace.stop`` (not running: as it is)."""
-        info = await self.containers.get(p.workspace_id)
-        if info["State"].get("Running") or info["State"].get("Restarting"):
-            container = self.ops.docker.containers.container(info["Id"])
-            await self.ops.call(
-                "container.stop", lambda: container.stop(t=p.timeout_s), subject=self.ops.subject(p.workspace_id)
-            )
+        subject = self.ops.subject(p.workspace_id)
+
+        async def stop(ref: str) -> None:
+            # Docker answers a stop of a container that is not running with 304 (no error).
+            container = self.ops.docker.containers.container(ref)
+            await self.ops.call("container.stop", lambda: container.stop(t=p.timeout_s), subject=subject)
+
+        if await self._on_remembered(p.workspace_id, stop, frozenset({404})) is None:
             info = await self.containers.get(p.workspace_id)
-        return self.containers.workspace(info)
+            if not (info["State"].get("Running") or info["State"].get("Restarting")):
+                return self.containers.workspace(info)
+            await stop(info["Id"])
+        return self.containers.workspace(await self.containers.get(p.workspace_id))
 
     async def restart(self, p: WorkspaceStop) -> Workspace:
         """``workspace.restart``."""
-        info = await self.containers.get(p.workspace_id)
-        container = self.ops.docker.containers.container(info["Id"])
-        await self.ops.call(
-            "container.restart",
-            lambda: container.restart(t=p.timeout_s),
-            subject=self.ops.subject(p.workspace_id),
-            refused="restart",
-        )
+        subject = self.ops.subject(p.workspace_id)
+
+        async def restart(ref: str) -> None:
+            container = self.ops.docker.containers.container(ref)
+            await self.ops.call(
+                "container.restart", lambda: container.restart(t=p.timeout_s), subject=subject, refused="restart"
+            )
+
+        if await self._on_remembered(p.workspace_id, restart, frozenset({404})) is None:
+            await restart((await self.containers.get(p.workspace_id))["Id"])
         return self.containers.workspace(await self.containers.get(p.workspace_id))
 
     async def remove(self, p: WorkspaceRemove) -> WorkspaceRemoved:
         """``workspace.remove``; with ``remove_volumes``, the named volumes its create made too."""
-        info = await self.containers.find(p.workspace_id)
-        if info is None:
-            return WorkspaceRemoved(workspace_id=p.workspace_id, removed=False)
         subject = self.ops.subject(p.workspace_id)
-        if info["State"].get("Running") and not p.force:
-            raise DockhandError(ErrorCode.CONFLICT, f"{subject} is running; stop it first or set force")
-        container = self.ops.docker.containers.container(info["Id"])
-        await self.ops.call(
-            "container.delete", lambda: container.delete(force=p.force, v=p.remove_volumes), subject=subject
-        )
+
+        async def delete(ref: str) -> None:
+            container = self.ops.docker.containers.container(ref)
+            await self.ops.call(
+                "container.delete", lambda: container.delete(force=p.force, v=p.remove_volumes), subject=subject
+            )
+
+        # 409 (running and no force, or a removal in progress): the inspecting way, which says so.
+        known = await self._on_remembered(p.workspace_id, delete, frozenset({404, 409}))
+        if known is not None:
+            mounts = known.mounts
+        else:
+            info = await self.containers.find(p.workspace_id)
+            if info is None:
+                return WorkspaceRemoved(workspace_id=p.workspace_id, removed=False)
+            if info["State"].get("Running") and not p.force:
+                raise DockhandError(ErrorCode.CONFLICT, f"{subject} is running; stop it first or set force")
+            await delete(info["Id"])
+            mounts = info.get("Mounts") or []
+        self.containers.forget(p.workspace_id)
         self.leases.forget(p.workspace_id)
         self.ops.census.discard(p.workspace_id)
         await self.leases.drop_leases(p.workspace_id)
         if p.remove_volumes:
-            for mount in info.get("Mounts") or []:
+            for mount in mounts:
                 if mount.get("Type") == "volume" and mount.get("Name"):
                     await self.volumes.remove_own(mount["Name"], p.workspace_id)
         return WorkspaceRemoved(workspace_id=p.workspace_id, removed=True)
@@ -200,6 +247,14 @@ class Workspaces:
             stderr=out[2].decode("utf-8", "replace"),
             truncated=truncated,
         )
+
+
+def _docker_status(exc: BaseException) -> int | None:
+    """The HTTP status of the Docker answer behind an error, if there was one."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, DockerError):
+        cause = cause.__cause__
+    return cause.status if cause is not None else None
 
 
 class _Run:
