@@ -45,7 +45,7 @@ from .janitor import Janitor
 from .labels import Labels
 from .leadership import Leadership
 from .policy import Policy
-from .publishing import EventSequencer, Publish, Publisher
+from .publishing import EventPipeline, EventSequencer, Publish, Publisher, broker_channel
 from .settings import Settings
 from .telemetry import Telemetry, broker_middlewares, from_environment
 from .topology import Topology
@@ -157,6 +157,8 @@ class Runtime:
         self.labels = Labels(settings.label_prefix, settings.discovery_label_prefix)
         # Every publisher on the events exchange shares one sequencer: one counter per family.
         self.sequencer = EventSequencer()
+        # ... and one pipeline: events in seq order on one channel, confirms awaited in a window.
+        self.event_pipeline = EventPipeline(self.sequencer, broker_channel(self.broker), self.topology.events.name)
         self.http: Endpoints | None = None
         self.stream: EventStream | None = None
         self.health: HealthMonitor | None = None
@@ -292,6 +294,8 @@ class Runtime:
             require_healthy=self.settings.discovery_require_healthy,
         )
         self.stream = stream = EventStream(ops, self.settings, discovery, self._counted(self._events("dockhand.event")))
+        # An event the pipeline gave up on is a gap: a resync follows it with a snapshot.
+        self.event_pipeline.on_lost.append(stream.request_resync)
         self.expiry = Expiry(
             ops,
             self._counted(self._events("dockhand.event")),
@@ -336,7 +340,7 @@ class Runtime:
         self.watchdog.start()
 
     def _events(self, message_type: str) -> Publish:
-        return self.publisher.to(self.topology.events, message_type=message_type, sequencer=self.sequencer)
+        return self.event_pipeline.to(message_type)
 
     async def activate(self) -> None:
         """This worker took the host's leader lock: consume commands, publish events."""
@@ -372,6 +376,7 @@ class Runtime:
         for job in (self.leadership, self.janitor, self.expiry, self.stream, self.health):
             if job is not None:
                 await job.stop()
+        await self.event_pipeline.close()  # the events still unconfirmed, for a few seconds at most
 
 
 def create_app(settings: Settings | None = None, telemetry: Telemetry | None = None) -> FastStream:

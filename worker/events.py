@@ -65,6 +65,8 @@ class StreamState:
     connected: bool = False
     last_event_at: datetime | None = None
     lag_ms: float | None = None
+    # Events handed to the broker in order (the events pipeline confirms them, or resends them,
+    # or leaves a gap and asks for a resync: see EventPipeline).
     published: int = 0
     reconnects: int = 0
     dropped: int = 0
@@ -198,6 +200,11 @@ class EventStream(Background):
         self._recent.append(key)
         self._recent_set.add(key)
 
+    def request_resync(self, _lost: int = 0) -> None:
+        """Reconcile soon (after the events queued now): messages were lost for good (an
+        :class:`~.publishing.EventPipeline` listener), so a snapshot must follow the gap."""
+        self._enqueue(Reconcile("resync"))
+
     def _enqueue(self, item: tuple[dict[str, Any], float] | Reconcile) -> None:
         if self._overflowed:
             # Events were dropped: the next thing the processor does is a full reconcile.
@@ -285,8 +292,9 @@ class EventStream(Background):
         replayed = self.discovery.predates_list(time_nano)
         if kind == "container":
             container_id = actor.get("ID") or event.get("id") or ""
-            # The inspect a new service needs runs while the event is being published (latency),
-            # but the event is published first: consumers see cause, then effect.
+            # The inspect a new service needs starts first (latency), but the event is queued
+            # for publishing first: consumers see cause, then effect (the events pipeline writes
+            # in that order and does not wait for the start's confirm before the added).
             inspected = None
             if self.discovery.wants_inspect(action, attributes):
                 inspected = asyncio.ensure_future(self.discovery.inspect(container_id))
