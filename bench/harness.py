@@ -1,13 +1,18 @@
-"""What bench/run.py brings up and drives: the two workers, the three ways to reach Docker, cleanup.
+"""What bench/run.py brings up and drives: the workers, the four ways to reach Docker, cleanup.
 
-Three "systems" do the same Docker work, each behind the same small interface
-(``inspect(slot)`` and ``lifecycle(key)``):
+Four "systems" do the same Docker work, each behind the same small interface
+(``inspect(slot)``, and ``steps(key)`` / ``lifecycle(key)`` for the three that make workspaces):
 
 - ``Dockhand``: the typed calls of ``dockhand.client`` (one connection, one reply queue, confirmed
   ``mandatory`` publishes) to the bench worker; their client-side cost is bench/client_cost.py's.
+- the floor: the same ``Dockhand`` class and the same ``Client``, aimed at the host id of
+  bench/peers/floor.py (``FloorWorker``), so the client side costs the same and only the worker differs.
 - ``Direct``: aiodocker in this process, the fewest Docker calls that do the job.
 - ``CeleryPeer``: ``task.delay(...).get()`` against the Celery + docker-py worker in bench/peers/,
   from one thread per concurrency slot (the way a synchronous Celery client is used).
+
+``DockerCallCounter`` is a Unix-socket proxy in front of dockerd that counts the HTTP requests a
+worker makes (run.py's P5: Docker API calls per lifecycle step).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import contextlib
 import math
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -23,7 +29,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +60,7 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def percentile(values: list[float], p: float) -> float:
+def percentile(values: Sequence[float], p: float) -> float:
     """Nearest rank (the same method as bench/event_latency.py)."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
@@ -68,6 +75,11 @@ class Names:
     @property
     def host_id(self) -> str:
         return f"bench-{self.tag}"
+
+    @property
+    def floor_host(self) -> str:
+        """The floor's host id: its own command queue under this run's prefix."""
+        return f"bench-{self.tag}-floor"
 
     @property
     def session(self) -> str:
@@ -199,7 +211,7 @@ class DockhandWorker:
         )
         await queue.bind(events, routing_key=f"{self.names.host_id}.discovery.snapshot")
         tag = await queue.consume(on_event, no_ack=True)
-        with self.log_path.open("wb") as out:
+        with self.log_path.open("ab") as out:  # a restart (P5) appends
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -230,12 +242,69 @@ class DockhandWorker:
             return None
         return await stop_process(self.proc, "dockhand worker")
 
+    async def restart(self, channel: aio_pika.abc.AbstractChannel, env: dict[str, str]) -> int | None:
+        """Stop it (its exit code is returned), then start it again with ``env`` added."""
+        code = await self.stop()
+        self.env.update(env)
+        await self.start(channel)
+        return code
+
 
 def dockhand_client(names: Names) -> Client:
     """The bench's dockhand side: ``dockhand.client`` as a service would use it (typed calls,
     confirmed ``mandatory`` publishes, one reply queue), with retries off: a bench counts a
     failed or unanswered command as an error instead of hiding it behind a second attempt."""
     return Client(AMQP_URL, prefix=names.prefix, host=names.host_id, retry=Retry.off(60), timeout=60, name="dhbench")
+
+
+# --- the floor (bench/peers/floor.py) ------------------------------------------------------------
+
+
+class FloorWorker:
+    """``python bench/peers/floor.py`` on this run's prefix, with the host id ``names.floor_host``
+    and dockhand's prefetch for ``concurrency`` slots (``max_concurrency x prefetch_per_slot``, 2)."""
+
+    def __init__(self, names: Names, concurrency: int) -> None:
+        self.names = names
+        self.prefetch = concurrency * 2
+        self.log_path = Path(tempfile.gettempdir()) / f"dhbench-{names.tag}-floor.log"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def queue(self) -> str:
+        return f"{self.names.prefix}.commands.{self.names.floor_host}"
+
+    async def start(self, timeout_s: float = 30) -> None:
+        """Start it and wait for its ``floor ready`` line (printed once it consumes)."""
+        argv = [
+            sys.executable, str(REPO / "bench" / "peers" / "floor.py"), "--amqp-url", AMQP_URL,
+            "--prefix", self.names.prefix, "--host-id", self.names.floor_host, "--prefetch", str(self.prefetch),
+            "--name-prefix", CONTAINER_PREFIX,
+        ]  # fmt: skip
+        with self.log_path.open("wb") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=REPO, stdout=out, stderr=asyncio.subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout_s
+        while "floor ready" not in self.tail():
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"floor exited with {self.proc.returncode}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"floor not ready after {timeout_s:.0f} s:\n{self.tail()}")
+            await asyncio.sleep(0.05)
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    async def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        return await stop_process(self.proc, "floor", grace_s=10)
 
 
 # --- the Celery + docker-py peer ---------------------------------------------------------------
@@ -345,26 +414,38 @@ def container_config(names: Names, name: str, workspace_id: str) -> dict[str, An
     }
 
 
-class Dockhand:
-    name = "dockhand"
+Step = tuple[str, Callable[[], Awaitable[Any]]]
+LIFECYCLE_STEPS = ("create", "start", "stop", "remove")
 
-    def __init__(self, client: Client, names: Names, targets: list[str]) -> None:
+
+class Dockhand:
+    """Typed ``dockhand.client`` calls to ``host``: the dockhand worker's, or (``name="floor"``,
+    ``host=names.floor_host``) the floor's, which answers ``workspace.inspect`` in the same shape."""
+
+    def __init__(self, client: Client, names: Names, targets: list[str], host: str, name: str = "dockhand") -> None:
         self.client = client
         self.names = names
         self.targets = targets  # workspace ids, one per concurrency slot
+        self.host = host
+        self.name = name
 
     async def inspect(self, slot: int) -> None:
-        await self.client.workspaces.inspect(self.targets[slot % len(self.targets)])
+        await self.client.workspaces.inspect(self.targets[slot % len(self.targets)], host=self.host)
 
-    async def lifecycle(self, key: str) -> None:
+    def steps(self, key: str) -> list[Step]:
         ws = self.names.workspace(f"dh-{key}")
         labels = {SESSION_LABEL: self.names.session}
-        await self.client.workspaces.create(
-            workspace_id=ws, image=IMAGE, labels=labels, network=self.names.network, start=False
-        )
-        await self.client.workspaces.start(ws)
-        await self.client.workspaces.stop(ws, timeout_s=STOP_TIMEOUT_S)
-        await self.client.workspaces.remove(ws)
+        dh, network = self.client.workspaces, self.names.network
+        return [
+            ("create", lambda: dh.create(workspace_id=ws, image=IMAGE, labels=labels, network=network, start=False)),
+            ("start", lambda: dh.start(ws)),
+            ("stop", lambda: dh.stop(ws, timeout_s=STOP_TIMEOUT_S)),
+            ("remove", lambda: dh.remove(ws)),
+        ]
+
+    async def lifecycle(self, key: str) -> None:
+        for _, step in self.steps(key):
+            await step()
 
 
 class Direct:
@@ -378,13 +459,24 @@ class Direct:
     async def inspect(self, slot: int) -> None:
         await self.docker.containers.container(self.targets[slot % len(self.targets)]).show()
 
-    async def lifecycle(self, key: str) -> None:
+    def steps(self, key: str) -> list[Step]:
         ws = self.names.workspace(f"di-{key}")
         name = f"dhbench-{ws}"
-        container = await self.docker.containers.create(container_config(self.names, name, ws), name=name)
-        await container.start()
-        await container.stop(t=STOP_TIMEOUT_S)
-        await container.delete()
+        made: list[Any] = []
+
+        async def create() -> None:
+            made.append(await self.docker.containers.create(container_config(self.names, name, ws), name=name))
+
+        return [
+            ("create", create),
+            ("start", lambda: made[0].start()),
+            ("stop", lambda: made[0].stop(t=STOP_TIMEOUT_S)),
+            ("remove", lambda: made[0].delete()),
+        ]
+
+    async def lifecycle(self, key: str) -> None:
+        for _, step in self.steps(key):
+            await step()
 
 
 class CeleryPeer:
@@ -409,7 +501,8 @@ class CeleryPeer:
     def inspect(self, slot: int) -> None:
         self.peer.inspect_workspace.delay(self.targets[slot % len(self.targets)]).get(timeout=60)
 
-    def lifecycle(self, key: str) -> None:
+    def steps(self, key: str) -> list[tuple[str, Callable[[], Any]]]:
+        """Synchronous steps (call them from a thread)."""
         ws = self.names.workspace(f"ce-{key}")
         name = f"dhbench-{ws}"
         spec = {
@@ -424,10 +517,201 @@ class CeleryPeer:
             "pids": PIDS,
         }
         p = self.peer
-        p.create_workspace.delay(name, spec).get(timeout=60)
-        p.start_workspace.delay(name).get(timeout=60)
-        p.stop_workspace.delay(name, STOP_TIMEOUT_S).get(timeout=60)
-        p.remove_workspace.delay(name).get(timeout=60)
+        return [
+            ("create", lambda: p.create_workspace.delay(name, spec).get(timeout=60)),
+            ("start", lambda: p.start_workspace.delay(name).get(timeout=60)),
+            ("stop", lambda: p.stop_workspace.delay(name, STOP_TIMEOUT_S).get(timeout=60)),
+            ("remove", lambda: p.remove_workspace.delay(name).get(timeout=60)),
+        ]
+
+    def lifecycle(self, key: str) -> None:
+        for _, step in self.steps(key):
+            step()
+
+
+# --- Docker API calls: a counting proxy ------------------------------------------------------------
+
+_VERSION = re.compile(r"^/v\d+(?:\.\d+)?(?=/)")
+_BY_ID = {"containers", "networks", "exec", "volumes", "plugins", "services", "tasks", "nodes", "secrets", "configs"}
+_NOT_ID = {"create", "json", "prune", "search", "load", "get"}
+_IMAGE_ACTIONS = {"json", "history", "push", "tag", "get"}
+
+
+def call_template(method: str, target: str) -> str:
+    """``GET /v1.43/containers/abc/json?size=0`` -> ``GET /containers/{id}/json``: one row per
+    kind of call. An image name may hold slashes: ``/images/{name}`` plus its action, if any."""
+    path = _VERSION.sub("", target.split("?", 1)[0])
+    parts = path.strip("/").split("/")
+    if len(parts) >= 2 and parts[1] not in _NOT_ID:
+        if parts[0] in _BY_ID:
+            parts[1] = "{id}"
+        elif parts[0] == "images":
+            parts = ["images", "{name}", *([parts[-1]] if parts[-1] in _IMAGE_ACTIONS and len(parts) > 2 else [])]
+    return f"{method} /{'/'.join(parts)}"
+
+
+class RequestHeads:
+    """An incremental parser of the client -> daemon byte stream of one HTTP/1.1 connection: calls
+    ``on_request(method, target)`` for every request head, keep-alive and pipelined ones included,
+    and skips bodies (``Content-Length`` or chunked). After an ``Upgrade`` (a hijacked attach or
+    exec stream) the rest is raw stream bytes and is not parsed. It only reads: the proxy forwards
+    every byte as it came, whatever this makes of it."""
+
+    def __init__(self, on_request: Callable[[str, str], None]) -> None:
+        self.on_request = on_request
+        self.buf = bytearray()
+        self.state = "head"
+        self.remaining = 0
+
+    def feed(self, data: bytes) -> None:
+        if self.state == "raw":
+            return
+        self.buf += data
+        while self._step():
+            pass
+
+    def _step(self) -> bool:
+        """One state transition; False when it needs more bytes."""
+        buf = self.buf
+        if self.state == "head":
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return False
+            lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+            del buf[: end + 4]
+            method, target = lines[0].split(" ", 2)[:2]
+            headers = {k.strip().lower(): v.strip().lower() for k, _, v in (line.partition(":") for line in lines[1:])}
+            self.on_request(method, target)
+            if "upgrade" in headers.get("connection", ""):
+                self.state = "raw"
+                buf.clear()
+                return False
+            if "chunked" in headers.get("transfer-encoding", ""):
+                self.state = "chunk-size"
+            else:
+                self.remaining = int(headers.get("content-length") or 0)
+                self.state = "body" if self.remaining else "head"
+            return True
+        if self.state in ("body", "chunk-data"):
+            take = min(self.remaining, len(buf))
+            del buf[:take]
+            self.remaining -= take
+            if self.remaining:
+                return False
+            self.state = "head" if self.state == "body" else "chunk-size"
+            return True
+        end = buf.find(b"\r\n")  # chunk-size or trailers: line by line
+        if end < 0:
+            return False
+        line = bytes(buf[:end])
+        del buf[: end + 2]
+        if self.state == "chunk-size":
+            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            self.state, self.remaining = ("trailers", 0) if size == 0 else ("chunk-data", size + 2)
+        elif not line:  # the blank line after the trailers ends the request
+            self.state = "head"
+        return True
+
+
+@dataclass
+class Call:
+    at: float  # time.perf_counter() when its request head went through
+    template: str
+    connection: int
+
+
+class DockerCallCounter:
+    """A Unix-socket proxy in front of dockerd's socket that records every HTTP request a client
+    sends through it (``calls``, in order, with the time its head passed). Point a worker at it with
+    ``DOCKHAND_DOCKER_HOST=unix://<path>`` (docker-py: ``DOCKER_HOST``). Bytes go both ways
+    untouched; only the client -> daemon direction is parsed, by ``RequestHeads``."""
+
+    def __init__(self, path: Path, upstream: str) -> None:
+        self.path = path
+        self.upstream = upstream  # dockerd's socket path
+        self.calls: list[Call] = []
+        self.errors: list[str] = []  # parse failures, upstream connects refused
+        self.open_connections: dict[int, str] = {}  # connection -> its latest request (a stream's stays)
+        self._next = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.path}"
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def since(self, index: int) -> Counter[str]:
+        """The calls from ``calls[index]`` on, by template."""
+        return Counter(call.template for call in self.calls[index:])
+
+    def between(self, start: int, end: int) -> Counter[str]:
+        return Counter(call.template for call in self.calls[start:end])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._next += 1
+        conn = self._next
+        try:
+            up_reader, up_writer = await asyncio.open_unix_connection(self.upstream)
+        except OSError as exc:
+            self.errors.append(f"connect {self.upstream}: {exc}")
+            writer.close()
+            return
+
+        def on_request(method: str, target: str) -> None:
+            template = call_template(method, target)
+            self.open_connections[conn] = template
+            self.calls.append(Call(time.perf_counter(), template, conn))
+
+        heads = RequestHeads(on_request)
+
+        async def to_daemon() -> None:
+            while data := await reader.read(65536):
+                try:
+                    heads.feed(data)
+                except (ValueError, IndexError) as exc:  # never break the stream over the count
+                    self.errors.append(f"connection {conn}: unparsable request bytes ({exc})")
+                    heads.state = "raw"
+                up_writer.write(data)
+                await up_writer.drain()
+            if up_writer.can_write_eof():
+                up_writer.write_eof()  # the client's half-close, passed on
+
+        async def to_client() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+        sending = asyncio.create_task(to_daemon())
+        try:
+            with contextlib.suppress(ConnectionError):
+                await to_client()  # the daemon closes (or resets) the connection: the end of it
+        finally:
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await sending
+            self.open_connections.pop(conn, None)
+            for w in (writer, up_writer):
+                w.close()
+                with contextlib.suppress(ConnectionError):
+                    await w.wait_closed()
+
+
+def docker_socket() -> str | None:
+    """The Unix socket path a worker here would use (``DOCKHAND_DOCKER_HOST``, ``DOCKER_HOST``, the
+    default), or None for a TCP daemon (the proxy speaks Unix sockets only)."""
+    url = os.environ.get("DOCKHAND_DOCKER_HOST") or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    return url.removeprefix("unix://") if url.startswith("unix://") else None
 
 
 # --- load generators -----------------------------------------------------------------------------
@@ -597,14 +881,15 @@ def _package(frame: str) -> str:
     return "stdlib"
 
 
-# Inclusive buckets: a sample counts in each bucket whose frame is on its stack.
+# Inclusive buckets: a sample counts in each bucket whose frame is on its stack (alternatives
+# split by ``|``: the same stage under an older name, for --worker-dir runs of older checkouts).
 _BUCKETS = {
     "FastStream delivery path (SubscriberUsecase.consume)": "SubscriberUsecase.consume",
     "  fast_depends Context field -> anyio worker thread": "run_in_threadpool",
     "Dispatcher._run (one command, after delivery)": "Dispatcher._run",
     "  Dispatcher._execute (handler, Result)": "Dispatcher._execute",
     "    DockerCalls.call (Docker request + retry + span)": "DockerCalls.call",
-    "  Dispatcher._finish (publish result(s), ack)": "Dispatcher._finish",
+    "  Settler.finish (publish result(s), ack)": "Dispatcher._finish|Settler.finish",
     "    Publisher.confirmed": "Publisher.confirmed",
     "  ResultStore (SQLite journal)": "ResultStore.",
     "stamina / tenacity retry contexts": "stamina/",
@@ -627,13 +912,16 @@ def summarize_profile(path: Path, top: int = 12) -> str:
         frames = stack.split(";")
         owner = next((p for p in map(_package, reversed(frames)) if p != "stdlib"), "stdlib")
         by_package[owner] = by_package.get(owner, 0) + count
-        for name, key in _BUCKETS.items():
-            if key in stack:
+        for name, keys in _BUCKETS.items():
+            if any(key in stack for key in keys.split("|")):
                 buckets[name] += count
     if total == 0:
         return f"{path.name}: no samples of the worker's main thread"
     lines = [f"py-spy {path.name}: {total} samples of the worker's event-loop thread"]
-    lines.append("  self time by package (innermost non-stdlib frame; worker/cli.py = the idle event loop)")
+    lines.append(
+        "  self time by package (innermost non-stdlib frame; worker/__main__.py or worker/cli.py = the event "
+        "loop itself: socket reads and writes, callbacks, the idle wait)"
+    )
     ranked = sorted(by_package.items(), key=lambda kv: -kv[1])[:top]
     lines.extend(f"    {100 * n / total:5.1f} %  {name}" for name, n in ranked)
     lines.append("  inclusive")
@@ -682,10 +970,15 @@ async def remove_everything(docker: aiodocker.Docker, names: Names) -> tuple[int
 
 
 async def delete_topology(names: Names) -> None:
+    """Delete this run's queues (the dockhand worker's and the floor's) and exchanges."""
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
-        for queue in (f"{names.prefix}.commands.{names.host_id}", f"{names.prefix}.commands.any"):
+        for queue in (
+            f"{names.prefix}.commands.{names.host_id}",
+            f"{names.prefix}.commands.{names.floor_host}",
+            f"{names.prefix}.commands.any",
+        ):
             with contextlib.suppress(Exception):
                 await channel.queue_delete(queue)
         with contextlib.suppress(Exception):
