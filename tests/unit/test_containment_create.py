@@ -8,7 +8,6 @@ tests/integration/test_containment_mounts_networks.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,32 +17,13 @@ from dockhand.schemas import ErrorCode
 from dockhand.schemas.commands import WorkspaceCreate, WorkspaceStop
 from dockhand.worker.docker import DockerOps
 from dockhand.worker.errors import DockhandError
-from dockhand.worker.labels import Labels
-from dockhand.worker.policy import Policy
-from dockhand.worker.settings import Settings
 from tests.fakes.docker_api import FakeDocker
-
-LABELS = Labels(prefix="dockhand", discovery_prefix="dockhand")
-IMAGE = "busybox:1.36"
-
-
-@pytest.fixture
-async def fake(tmp_path: Path) -> AsyncIterator[FakeDocker]:
-    async with FakeDocker(tmp_path / "docker.sock") as docker:
-        docker.add_image(IMAGE, cmd=["sleep", "1d"])
-        yield docker
+from tests.fakes.engine_ops import IMAGE, ops_over
 
 
 def _ops(fake: FakeDocker, tmp_path: Path) -> DockerOps:
-    settings = Settings(
-        host_id="host-a",
-        worker_id="host-a-test",
-        docker_host=None,
-        default_network="dh-default",
-        allowed_bind_roots=[str(tmp_path)],
-        docker_retry_attempts=1,  # the faults below are answered once: no retries to exhaust
-    )
-    return DockerOps(fake.client(), settings, LABELS, Policy(settings, LABELS))
+    # The faults below are answered once: no retries to exhaust.
+    return ops_over(fake, allowed_bind_roots=[str(tmp_path)], docker_retry_attempts=1)
 
 
 def _create(**payload: Any) -> WorkspaceCreate:

@@ -13,8 +13,7 @@ never weakens a check: a container replaced behind the cache, another sender, an
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable
-from pathlib import Path
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -33,34 +32,15 @@ from dockhand.worker.docker import DockerOps
 from dockhand.worker.docker.calls import Remembered
 from dockhand.worker.errors import DockhandError
 from dockhand.worker.events import EventStream
-from dockhand.worker.labels import Labels
-from dockhand.worker.policy import Policy
-from dockhand.worker.settings import Settings
 from tests.fakes import Recorder
 from tests.fakes.docker_api import FakeDocker
+from tests.fakes.engine_ops import IMAGE, ops_over
 
-LABELS = Labels(prefix="dockhand", discovery_prefix="dockhand")
-IMAGE = "busybox:1.36"
 MANAGED = {"dockhand.managed": "true", "dockhand.host": "host-a"}
 
 
-@pytest.fixture
-async def fake(tmp_path: Path) -> AsyncIterator[FakeDocker]:
-    async with FakeDocker(tmp_path / "docker.sock") as docker:
-        docker.add_image(IMAGE, cmd=["sleep", "1d"])
-        yield docker
-
-
 def _ops(fake: FakeDocker, **settings: Any) -> DockerOps:
-    config = Settings(
-        host_id="host-a",
-        worker_id="host-a-test",
-        docker_host=None,
-        default_network="dh-default",
-        docker_retry_attempts=1,
-        **settings,
-    )
-    return DockerOps(fake.client(), config, LABELS, Policy(config, LABELS))
+    return ops_over(fake, **{"docker_retry_attempts": 1, **settings})
 
 
 async def _watched(fake: FakeDocker, **settings: Any) -> DockerOps:

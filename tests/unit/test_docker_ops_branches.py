@@ -7,8 +7,7 @@ Docker Engine (tests/fakes/docker_api.py), through the real aiodocker client.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -23,32 +22,14 @@ from dockhand.schemas.commands import (
 )
 from dockhand.worker.docker import DockerOps
 from dockhand.worker.errors import DockhandError
-from dockhand.worker.labels import Labels
-from dockhand.worker.policy import Policy
-from dockhand.worker.settings import Settings
 from tests.fakes.docker_api import FakeDocker
+from tests.fakes.engine_ops import IMAGE, ops_over
 
-LABELS = Labels(prefix="dockhand", discovery_prefix="dockhand")
-IMAGE = "busybox:1.36"
 MANAGED = {"dockhand.managed": "true", "dockhand.host": "host-a"}
 
 
-@pytest.fixture
-async def fake(tmp_path: Path) -> AsyncIterator[FakeDocker]:
-    async with FakeDocker(tmp_path / "docker.sock") as docker:
-        docker.add_image(IMAGE, cmd=["sleep", "1d"])
-        yield docker
-
-
 def _ops(fake: FakeDocker) -> DockerOps:
-    settings = Settings(
-        host_id="host-a",
-        worker_id="host-a-test",
-        docker_host=None,
-        default_network="dh-default",
-        docker_retry_attempts=1,  # each injected fault is answered once: no retries to exhaust
-    )
-    return DockerOps(fake.client(), settings, LABELS, Policy(settings, LABELS))
+    return ops_over(fake, docker_retry_attempts=1)  # each injected fault is answered once: no retries to exhaust
 
 
 def _create(**payload: Any) -> WorkspaceCreate:

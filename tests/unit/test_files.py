@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import tarfile
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,13 +22,9 @@ from dockhand.schemas.commands import (
 from dockhand.worker import files
 from dockhand.worker.docker import DockerOps
 from dockhand.worker.errors import DockhandError
-from dockhand.worker.labels import Labels
-from dockhand.worker.policy import Policy
 from dockhand.worker.settings import Settings
 from tests.fakes.docker_api import FakeDocker
-
-LABELS = Labels(prefix="dockhand", discovery_prefix="dockhand")
-IMAGE = "busybox:1.36"
+from tests.fakes.engine_ops import IMAGE, ops_over
 
 
 def _b64(data: bytes) -> str:
@@ -164,24 +158,8 @@ def test_stat_header() -> None:
 # --- DockerOps on the fake daemon --------------------------------------------------------
 
 
-@pytest.fixture
-async def fake(tmp_path: Path) -> AsyncIterator[FakeDocker]:
-    async with FakeDocker(tmp_path / "docker.sock") as docker:
-        docker.add_image(IMAGE, cmd=["sleep", "1d"])
-        yield docker
-
-
 def _ops(fake: FakeDocker, **extra: Any) -> DockerOps:
-    settings = Settings(
-        host_id="host-a",
-        worker_id="host-a-test",
-        docker_host=None,
-        state_dir=None,
-        default_network="dh-default",
-        docker_retry_attempts=1,
-        **extra,
-    )
-    return DockerOps(fake.client(), settings, LABELS, Policy(settings, LABELS))
+    return ops_over(fake, state_dir=None, docker_retry_attempts=1, **extra)
 
 
 async def _workspace(ops: DockerOps, **extra: Any) -> None:

@@ -5,9 +5,7 @@ refuses a create past DOCKHAND_MAX_WORKSPACES before any Docker call — on the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,25 +15,12 @@ from dockhand.schemas.commands import WorkspaceCreate, WorkspaceExtend, Workspac
 from dockhand.worker.docker import DockerOps, spec_hash
 from dockhand.worker.docker.census import Census
 from dockhand.worker.errors import DockhandError
-from dockhand.worker.labels import Labels
-from dockhand.worker.policy import Policy
-from dockhand.worker.settings import Settings
 from tests.fakes.docker_api import FakeDocker
-
-LABELS = Labels(prefix="dockhand", discovery_prefix="dockhand")
-IMAGE = "busybox:1.36"
-
-
-@pytest.fixture
-async def fake(tmp_path: Path) -> AsyncIterator[FakeDocker]:
-    async with FakeDocker(tmp_path / "docker.sock") as docker:
-        docker.add_image(IMAGE, cmd=["sleep", "1d"])
-        yield docker
+from tests.fakes.engine_ops import IMAGE, ops_over
 
 
 def _ops(fake: FakeDocker, **settings: Any) -> DockerOps:
-    s = Settings(host_id="host-a", worker_id="host-a-test", docker_host=None, default_network="dh-default", **settings)
-    return DockerOps(fake.client(), s, LABELS, Policy(s, LABELS))
+    return ops_over(fake, **settings)
 
 
 def _create(workspace_id: str = "ws1", **payload: Any) -> WorkspaceCreate:
