@@ -184,6 +184,7 @@ class Dispatcher:
         entry = self.store.lookup(stored_under)
         key: str | None = stored_under  # the entry this answer marks published (none for a conflict)
         payload: bytes | None = None
+        results_sent = False
         if entry is None:
             result, payload = await self._execute(command, message)
         elif entry.fingerprint is not None and not hmac.compare_digest(
@@ -201,11 +202,15 @@ class Dispatcher:
         else:
             log.info("%s %s: answered from the stored result", command.type, command.command_id)
             result = entry.result
+            # Killed between the results exchange's confirm and the reply: the reply only.
+            results_sent = entry.results_sent and not entry.published
         span.set_attribute("dockhand.status", result.status.value)
         if result.error is not None:
             span.set_attribute("dockhand.error_code", result.error.code.value)
             span.set_status(trace.Status(trace.StatusCode.ERROR, result.error.code.value))
-        await self.settler.finish(result, message, settle=settle_for(result.status), key=key, payload=payload)
+        await self.settler.finish(
+            result, message, settle=settle_for(result.status), key=key, payload=payload, results_sent=results_sent
+        )
 
     def _conflict(self, command: Command, message: RabbitMessage) -> Result:
         log.warning(

@@ -99,15 +99,17 @@ class Settler:
         settle: Settle,
         key: str | None = None,
         payload: bytes | None = None,
+        results_sent: bool = False,
     ) -> None:
         """Publish the result (confirmed), then ack — or dead-letter it. ``key``: the store
         entry this result is (to mark published); None for results that are not stored.
-        ``payload``: the result's JSON, when the caller has it already."""
+        ``payload``: the result's JSON, when the caller has it already. ``results_sent``: it
+        is on the results exchange already (a crash came before its reply): the reply only."""
         # The result is in the journal before anyone can see it (a crash after the publish
         # must find it there), and marked published before the ack (see store.py).
         await self.store.durable()
         try:
-            await self.publish_result(result, message, payload)
+            await self.publish_result(result, message, payload, key=key, results_sent=results_sent)
         except Exception:
             # Still failing after the retries: requeue it rather than ack it unanswered. The
             # redelivery is answered from the store (nothing runs twice); if publishing keeps
@@ -156,19 +158,35 @@ class Settler:
         log.info("dead-lettered a redacted copy of message %s (%s)", printable(raw.message_id), ", ".join(redacted))
         await message.ack()
 
-    async def publish_result(self, result: Result, message: RabbitMessage, payload: bytes | None = None) -> None:
-        """Publish ``result`` (confirmed) to the results exchange, then to ``reply_to`` if set."""
+    async def publish_result(
+        self,
+        result: Result,
+        message: RabbitMessage,
+        payload: bytes | None = None,
+        *,
+        key: str | None = None,
+        results_sent: bool = False,
+    ) -> None:
+        """Publish ``result`` (confirmed) to the results exchange, then to ``reply_to`` if set.
+
+        With a store ``key``, the results exchange's confirm is noted before the reply goes
+        out: a worker killed between the two then sends only the reply again, not a second
+        copy to every results consumer.
+        """
         if payload is None:
             payload = result.model_dump_json().encode()
         raw = message.raw_message
         common: dict[str, Any] = {"correlation_id": raw.correlation_id, "message_type": "dockhand.result"}
-        await self.publisher.confirmed(
-            payload,
-            exchange=self.topology.results,
-            routing_key=self.topology.result_key(result.type, result.status.value),
-            persist=True,
-            **common,
-        )
+        if not results_sent:
+            await self.publisher.confirmed(
+                payload,
+                exchange=self.topology.results,
+                routing_key=self.topology.result_key(result.type, result.status.value),
+                persist=True,
+                **common,
+            )
+            if key is not None and raw.reply_to:
+                self.store.mark_results_sent(key)
         if raw.reply_to:
             await self.publisher.confirmed(payload, routing_key=raw.reply_to, **common)
 

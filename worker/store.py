@@ -34,7 +34,14 @@ from dockhand.schemas import Result, WireModel
 
 _INSERT = "INSERT OR REPLACE INTO results (command_id, body, published, fingerprint) VALUES (?, ?, ?, ?)"
 _MARK = "UPDATE results SET published = 1 WHERE command_id = ?"
+# published = 2: on the results exchange, not yet to reply_to (0: neither, 1: both).
+_MARK_RESULTS = "UPDATE results SET published = 2 WHERE command_id = ? AND published = 0"
+_RESULTS_ONLY = 2
 _PRUNE = "DELETE FROM results WHERE seq <= (SELECT MAX(seq) FROM results) - ?"
+
+
+def _entry(body: str, published: int, fingerprint: str | None) -> Entry:
+    return Entry(body, published == 1, fingerprint, results_sent=published in (1, _RESULTS_ONLY))
 
 
 def store_key(owner: str | None, command_id: str) -> str:
@@ -73,6 +80,8 @@ class Entry:
     body: str
     published: bool
     fingerprint: str | None = None
+    results_sent: bool = False
+    """Confirmed on the results exchange (the reply may not be): a redelivery sends the reply only."""
 
     @property
     def result(self) -> Result:
@@ -134,7 +143,7 @@ class ResultStore:
                 "SELECT command_id, body, published, fingerprint FROM results ORDER BY seq DESC LIMIT ?", (capacity,)
             ).fetchall()
             for key, body, published, fingerprint in reversed(rows):
-                self._results[key] = Entry(body, bool(published), fingerprint)
+                self._results[key] = _entry(body, published, fingerprint)
 
     def fingerprint(self, command_type: str, payload: WireModel | None) -> str:
         """What binds a ``command_id`` to its command: a keyed hash of the type and the
@@ -161,7 +170,7 @@ class ResultStore:
         ).fetchone()
         if row is None:
             return None
-        entry = Entry(row[0], bool(row[1]), row[2])
+        entry = _entry(row[0], row[1], row[2])
         self._results[key] = entry
         return entry
 
@@ -198,6 +207,16 @@ class ResultStore:
             self._writes += 1
             if self._writes % 1000 == 0:
                 self._write(_PRUNE, (self._capacity,))
+
+    def mark_results_sent(self, key: str) -> None:
+        """Note that ``key``'s result is confirmed on the results exchange, before its reply is
+        sent: a crash in between then repeats only the reply (written with the next commit)."""
+        entry = self._results.get(key)
+        if entry is None or entry.published or entry.results_sent:
+            return
+        entry.results_sent = True
+        if self._db is not None:
+            self._write(_MARK_RESULTS, (key,))
 
     def mark_published(self, key: str) -> None:
         """Note that ``key``'s result was confirmed by the broker (written with the next commit)."""

@@ -26,7 +26,7 @@ from dockhand.worker.labels import Labels
 from dockhand.worker.policy import Policy
 from dockhand.worker.settings import Settings
 from dockhand.worker.topology import Topology
-from tests.fakes import FakeDockerClient, FakeMessage, FakePublisher, is_dead_letter, is_result
+from tests.fakes import FakeDockerClient, FakeMessage, FakePublisher, is_dead_letter, is_reply, is_result
 
 HOST = "host-a"
 NAMES = Labels("dockhand", "dockhand")
@@ -278,6 +278,46 @@ async def test_after_a_restart_an_unpublished_result_is_published_from_the_journ
     assert published == refused
     assert docker_calls(docker) == 0  # answered from the journal, not run again
     restarted.store.close()
+
+
+async def test_killed_between_the_results_confirm_and_the_reply_only_the_reply_is_sent_again(tmp_path: Path) -> None:
+    """The kill -9 soak's duplicate: the results exchange had confirmed, the reply had not gone
+    out. The journal notes the first confirm, so the redelivery (after a restart, from the
+    journal) sends the reply alone: one copy on the results exchange, one reply."""
+    dispatcher, _, publisher = make(state_dir=tmp_path)
+    publisher.fail(when=is_reply)  # the worker dies after the results exchange confirmed
+    message = FakeMessage(INFO, f"{HOST}.host.info", reply_to="client-replies", correlation_id="corr-1")
+    dispatcher.submit(message.body, message)  # type: ignore[arg-type]
+    assert await message.settled_once() == ("nack", True)
+    [first] = publisher.results("c1")
+    assert publisher.replies() == []
+    dispatcher.store.close()
+
+    restarted, docker, publisher = make(state_dir=tmp_path)
+    redelivery = deliver(
+        restarted, INFO, "host.info", redelivered=True, reply_to="client-replies", correlation_id="corr-1"
+    )
+    assert await redelivery.settled_once() == ("ack", False)
+    assert publisher.results("c1") == []  # not a second copy for every results consumer
+    [(reply, options)] = publisher.replies()
+    assert reply == first
+    assert options["correlation_id"] == "corr-1"
+    assert docker_calls(docker) == 0
+    assert restarted.store.is_published(restarted._store_key("c1"))
+    restarted.store.close()
+
+
+async def test_a_resent_command_already_answered_is_answered_on_both_again(tmp_path: Path) -> None:
+    """Only the crash window skips the results exchange: a sender asking again for an answered
+    command (a new message) gets it on both, as before."""
+    dispatcher, _, publisher = make(state_dir=tmp_path)
+    first = deliver(dispatcher, INFO, "host.info", reply_to="r", correlation_id="k1")
+    assert await first.settled_once() == ("ack", False)
+    again = deliver(dispatcher, INFO, "host.info", reply_to="r", correlation_id="k2")
+    assert await again.settled_once() == ("ack", False)
+    assert len(publisher.results("c1")) == 2
+    assert len(publisher.replies()) == 2
+    dispatcher.store.close()
 
 
 async def test_a_redelivery_of_a_confirmed_result_is_acked_without_publishing_again(tmp_path: Path) -> None:

@@ -174,3 +174,24 @@ def test_close_commits_what_is_queued(tmp_path: Path) -> None:
     store.put(_result("c1"), fingerprint="f")  # no event loop: written at once
     assert _journal(path) == {"c1": 1}
     store.close()
+
+
+def test_a_result_sent_to_the_results_exchange_only_is_known_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite3"
+    store = ResultStore(10, path)
+    store.put(_result("half"), published=False, fingerprint="f")
+    store.put(_result("whole"), published=False, fingerprint="f")
+    store.put(_result("none"), published=False, fingerprint="f")
+    store.mark_results_sent("half")
+    store.mark_results_sent("whole")
+    store.mark_published("whole")
+    store.close()
+    reopened = ResultStore(10, path)
+    half, whole, none = (reopened.lookup(k) for k in ("half", "whole", "none"))
+    assert half is not None
+    assert (half.results_sent, half.published) == (True, False)
+    assert whole is not None
+    assert (whole.results_sent, whole.published) == (True, True)
+    assert none is not None
+    assert (none.results_sent, none.published) == (False, False)
+    reopened.close()
