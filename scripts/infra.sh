@@ -128,7 +128,7 @@ ensure_dockerd() {
     local pid=$!
     local deadline=$((SECONDS + 60))
     until docker_up; do
-        if ! kill -0 "$pid" 2>/dev/null || ((SECONDS >= deadline)); then
+        if ! alive "$pid" || ((SECONDS >= deadline)); then
             tail -n 20 "$STATE/dockerd.log" >&2 || true
             die "dockerd did not come up (see $STATE/dockerd.log)"
         fi
@@ -221,6 +221,17 @@ is_our_registry() {
         tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "docker-registry serve $STATE/registry.yml"
 }
 
+# Is PID a live process (not a zombie)? While a daemon is starting this is the test to use:
+# right after the fork, $! is still the subshell (its cmdline is this script's) until the
+# exec, so is_our_registry would call a registry that has not exec'd yet "gone".
+alive() {
+    local stat state
+    { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
+    state=${stat##*) }
+    state=${state%% *}
+    [[ -n $state && $state != Z && $state != X ]]
+}
+
 registry_pid() { cat "$STATE/registry.pid" 2>/dev/null || true; }
 
 registry_answers() { [[ $(http_get "http://$REGISTRY/v2/" /dev/null) == 401 ]]; }
@@ -281,7 +292,7 @@ ensure_registry() {
     echo "$pid" >"$STATE/registry.pid"
     local deadline=$((SECONDS + 30))
     until registry_answers; do
-        if ! is_our_registry "$pid" || ((SECONDS >= deadline)); then
+        if ! alive "$pid" || ((SECONDS >= deadline)); then
             tail -n 20 "$STATE/registry.log" >&2 || true
             die "registry did not come up (see $STATE/registry.log)"
         fi
