@@ -13,6 +13,11 @@ a reason naming the holder, and is announced when it becomes the oldest remainin
 rule depends on nothing but the current containers, so the event path, a full reconcile,
 ``discovery.list`` and every worker of the host agree on the holder.
 
+A list can also lag the events: dockerd logs a container's ``die`` before its list view stops
+calling it running (the exit is cleaned up in between), so a list asked for after a ``die`` may
+still show the container. A container whose exit discovery has applied is therefore taken from
+a list only if an inspect — which waits for the exit to be handled — says it runs.
+
 An event older than the last full list (Docker's ``timeNano`` against the time the list was
 asked for) cannot tell anything that list did not: after a daemon restart, Docker replays the
 die/stop/start of its own restore *after* the worker's resync list, and applying them would
@@ -71,6 +76,9 @@ class Discovery:
         # Unix ns just before the last successful full list; events older than it are stale.
         self.listed_at_ns: int | None = None
         self._redecided: set[str] = set()  # containers already re-read since that list
+        # Containers whose die/stop/destroy was applied and that have not started since: a list
+        # showing one of them running may predate its exit (see the module docstring).
+        self._exited: set[str] = set()
 
     # --- rules ------------------------------------------------------------------------------
 
@@ -110,8 +118,10 @@ class Discovery:
         if self.predates_list(time_nano):
             await self._redecide(container_id, inspected)
         elif action == "start":
+            self._exited.discard(container_id)
             await self._appear(container_id, attributes, inspected)
         elif action in {"die", "stop", "destroy"}:
+            self._exited.add(container_id)
             await self._disappear(container_id)
         elif action.startswith("health_status"):
             status = action.partition(": ")[2]
@@ -144,7 +154,12 @@ class Discovery:
             return
         self._redecided.add(container_id)
         info = await (inspected or self.inspect(container_id))
-        if info is None or not info["State"].get("Running") or self._waiting_for_health(info):
+        running = info is not None and bool(info["State"].get("Running"))
+        if running:
+            self._exited.discard(container_id)
+        else:
+            self._exited.add(container_id)
+        if info is None or not running or self._waiting_for_health(info):
             await self._disappear(container_id)  # publishes only if it is still announced
         else:
             await self._settle(container_id, info)
@@ -270,7 +285,7 @@ class Discovery:
     async def reconcile(self, reason: Literal["startup", "resync", "periodic"]) -> list[Service]:
         """List every running discovery container, publish the differences, then a snapshot."""
         asked_at = time.time_ns()  # before the list: whatever happened earlier is in it
-        entries = await list_enabled(self.ops)
+        entries = await self._still_running(await list_enabled(self.ops))
         self.listed_at_ns = asked_at
         self._redecided.clear()
         seen: set[str] = set()
@@ -297,6 +312,22 @@ class Discovery:
         await self._publish(f"{self.host_id}.discovery.snapshot", snapshot)
         log.info("discovery %s: %d service(s), %d invalid", reason, len(services), len(self.invalid))
         return services
+
+    async def _still_running(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The list without the containers it shows running although their exit was applied
+        and an inspect says they are not running (one inspect per such container); an exited
+        container the list no longer shows is forgotten."""
+        listed = {entry["Id"] for entry in entries}
+        self._exited &= listed
+        kept = []
+        for entry in entries:
+            if entry["Id"] in self._exited:
+                info = await self.inspect(entry["Id"])
+                if info is None or not info["State"].get("Running"):
+                    continue
+                self._exited.discard(entry["Id"])
+            kept.append(entry)
+        return kept
 
     def current(self) -> list[Service]:
         return sorted(self.services.values(), key=lambda s: (s.domain, s.container_name))

@@ -807,3 +807,64 @@ async def test_the_list_time_is_taken_before_the_list() -> None:
     assert before <= discovery.listed_at_ns <= time.time_ns()
     assert discovery.predates_list(before - 1)
     assert not discovery.predates_list(time.time_ns())
+
+
+# --- a list that lags the events ------------------------------------------------------------------
+# dockerd logs `die` before its list view stops calling the container running (the exit's cleanup
+# runs in between), so a list asked for after the die may still show it: seen on the real daemon as
+# added, removed (die), added (that list), removed (stop) for one container of a 200-container burst.
+
+
+async def test_a_list_that_still_shows_a_container_after_its_die_does_not_announce_it_again() -> None:
+    box = web()
+    docker, discovery, rec = setup(box)
+    await discovery.on_container_event("start", box.id, box.attributes())
+    docker.put(replace(box, state="exited"))
+    docker.listed_as[box.id] = box  # the list view still says running
+    await discovery.on_container_event("die", box.id, box.attributes(exitCode="0"))
+    docker.show_calls.clear()
+    await discovery.reconcile("periodic")
+    await discovery.on_container_event("stop", box.id, box.attributes(), time_nano=_after(discovery))
+    assert rec.keys == [f"{HOST}.discovery.added", f"{HOST}.discovery.removed", f"{HOST}.discovery.snapshot"]
+    snapshot = rec.last()
+    assert isinstance(snapshot, DiscoverySnapshot)
+    assert snapshot.services == []
+    assert docker.show_calls == [box.id]  # the one container the list may be wrong about
+
+
+async def test_a_container_that_came_back_after_its_die_is_taken_from_the_list() -> None:
+    # restart: always, and its start event is still queued: the list and an inspect both say it
+    # runs, so the list announces it and the start adds nothing.
+    box = web()
+    docker, discovery, rec = setup(box)
+    await discovery.on_container_event("start", box.id, box.attributes())
+    docker.put(replace(box, state="exited"))
+    await discovery.on_container_event("die", box.id, box.attributes(exitCode="0"))
+    docker.put(box)
+    await discovery.reconcile("periodic")
+    await discovery.on_container_event("start", box.id, box.attributes(), time_nano=_after(discovery))
+    assert rec.keys == [
+        f"{HOST}.discovery.added",
+        f"{HOST}.discovery.removed",
+        f"{HOST}.discovery.added",
+        f"{HOST}.discovery.snapshot",
+    ]
+    assert [s.container_id for s in discovery.current()] == [box.id]
+
+
+async def test_an_exited_container_costs_an_inspect_per_list_only_while_lists_show_it() -> None:
+    box = web()
+    docker, discovery, _rec = setup(box)
+    await discovery.on_container_event("start", box.id, box.attributes())
+    docker.put(replace(box, state="exited"))
+    docker.listed_as[box.id] = box
+    await discovery.on_container_event("die", box.id, box.attributes(exitCode="0"))
+    docker.show_calls.clear()
+    await discovery.reconcile("periodic")
+    await discovery.reconcile("periodic")
+    assert docker.show_calls == [box.id, box.id]
+    del docker.listed_as[box.id]  # the list view caught up: the container is forgotten
+    await discovery.reconcile("periodic")
+    await discovery.reconcile("periodic")
+    assert docker.show_calls == [box.id, box.id]
+    assert discovery.current() == []
