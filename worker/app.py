@@ -210,7 +210,9 @@ class Runtime:
                 self.topology.commands,
                 ack_policy=AckPolicy.MANUAL,
                 # Bounded backlog per queue; the concurrency itself is the dispatcher's semaphore.
-                channel=Channel(prefetch_count=self.settings.prefetch),
+                # No confirms: answers are committed in transactions on this channel (answers.py),
+                # and a channel in confirm mode cannot take tx.select.
+                channel=Channel(prefetch_count=self.settings.prefetch, publisher_confirms=False),
                 decoder=_as_is,
                 no_reply=True,
                 title=queue.name,

@@ -25,11 +25,12 @@ from opentelemetry import trace
 from dockhand.schemas import Command, ErrorCode, Result, Status, utcnow
 
 from . import exec_stream, tenancy
+from .answers import Transactions
 from .errors import DockhandError
 from .handlers import HANDLERS, check_policy, lane_key
 from .intake import Rejection, parse, printable
 from .ordering import DeliveryOrder, Lanes
-from .settle import Counters, Settler, attempt_of, requeue, settle_for
+from .settle import Counters, Settler, attempt_of, settle_for
 from .store import ResultStore, store_key
 from .telemetry import Telemetry
 
@@ -69,7 +70,16 @@ class Dispatcher:
         self.lanes = Lanes()
         self._order = DeliveryOrder()
         self.counters = Counters()
-        self.settler = Settler(settings, topology, publisher, self.store, self.counters, settings.effective_worker_id)
+        tracer = self.telemetry.tracer if self.telemetry.records_spans else None
+        self.settler = Settler(
+            settings,
+            topology,
+            publisher,
+            self.store,
+            self.counters,
+            settings.effective_worker_id,
+            Transactions(publisher, tracer=tracer),
+        )
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         # workspace.exec runs outside those slots, in a pool of its own; a counter at intake
         # (running + waiting in their lanes) bounds both the execs and the deliveries they hold.
@@ -91,7 +101,7 @@ class Dispatcher:
     def _enter(self, body: bytes, message: RabbitMessage, context: contextvars.Context | None = None) -> None:
         if not self.active:
             # Delivered while this worker is (becoming) a standby: give it back, untouched.
-            self.lanes.submit(None, lambda: message.nack(requeue=True))
+            self.lanes.submit(None, lambda: self.settler.settle(message, "requeue"))
             return
         received = utcnow()
         routing_key = message.raw_message.routing_key or ""
@@ -139,7 +149,7 @@ class Dispatcher:
             log.exception(
                 "internal error handling message %s; requeueing it", printable(message.raw_message.message_id)
             )
-            await requeue(message)
+            await self.settler.settle(message, "requeue")
 
     # --- execution -----------------------------------------------------------------------
 
@@ -197,7 +207,7 @@ class Dispatcher:
         elif message.raw_message.redelivered and entry.published:
             # A crash came between the confirmed result and the ack: it was answered.
             log.info("%s %s: redelivered, already answered; acking", command.type, command.command_id)
-            await message.ack()
+            await self.settler.settle(message, "ack")
             return
         else:
             log.info("%s %s: answered from the stored result", command.type, command.command_id)

@@ -34,7 +34,7 @@ Publish = Callable[[str, WireModel], Awaitable[None]]
 """A confirmed publish of one wire model under a routing key (results, events, heartbeats)."""
 
 
-_DEFAULT_EXCHANGE = RabbitExchange()
+DEFAULT_EXCHANGE = RabbitExchange()
 """AMQP's default exchange (a ``reply_to`` queue is its routing key)."""
 
 
@@ -88,11 +88,37 @@ class Publisher:
     ) -> None:
         """One confirmed publish as FastStream's would make it (the same properties), through the
         broker's own declarer (its channel, its cached exchange objects, its reconnects)."""
+        target = await self.broker.config.declarer.declare_exchange(exchange or DEFAULT_EXCHANGE, declare=False)
+        message = self.message(
+            payload,
+            persist=persist,
+            headers=headers,
+            correlation_id=correlation_id,
+            message_type=message_type,
+            message_id=message_id,
+            reply_to=reply_to,
+            timestamp=timestamp,
+        )
+        await target.publish(message, routing_key=routing_key, mandatory=False)
+
+    def message(
+        self,
+        payload: bytes,
+        *,
+        persist: bool = False,
+        headers: dict[str, Any] | None = None,
+        correlation_id: str | None = None,
+        message_type: str | None = None,
+        message_id: str | None = None,
+        reply_to: str | None = None,
+        timestamp: datetime | None = None,
+    ) -> aio_pika.Message:
+        """The message FastStream's publish would make of ``payload`` (the current trace context
+        in its headers)."""
         config = self.broker.config
-        target = await config.declarer.declare_exchange(exchange or _DEFAULT_EXCHANGE, declare=False)
         headers = dict(headers) if headers else {}
         carry_trace(headers)
-        message = aio_pika.Message(
+        return aio_pika.Message(
             payload,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT if persist else aio_pika.DeliveryMode.NOT_PERSISTENT,
@@ -104,7 +130,6 @@ class Publisher:
             type=message_type,
             app_id=config.app_id,
         )
-        await target.publish(message, routing_key=routing_key, mandatory=False)
 
     def to(self, exchange: RabbitExchange, *, message_type: str, sequencer: EventSequencer | None = None) -> Publish:
         """A ``publish(routing_key, model)`` function for one exchange; with a ``sequencer``,

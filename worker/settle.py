@@ -1,10 +1,11 @@
 """Settling a delivered message once its command is answered.
 
-The result is published with publisher confirms (to the results exchange and to the sender's
-``reply_to``), and only then is the message acked — or rejected into the dead-letter queue
-when the command was never valid, as a redacted copy when it carries a secret. When the result
-cannot be published the message is requeued instead: its redelivery is answered from the
-result store, so nothing runs twice.
+The result goes to the results exchange and to the sender's ``reply_to``, and the message is
+acked — or rejected into the dead-letter queue when the command was never valid, as a redacted
+copy when it carries a secret — all in one AMQP transaction on the message's channel
+(:mod:`.answers`): a worker killed at any moment leaves either the whole answer done or none of
+it, and a command redelivered after a crash is answered from the result store. When the answer
+cannot be committed the message goes back to its queue: nothing runs twice.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from dockhand.schemas import Result, Status, utcnow
 
+from .answers import Outgoing, SettleAction, Transactions
 from .errors import DockhandError
 from .intake import REDACTED_HEADER, printable, redact
+from .publishing import DEFAULT_EXCHANGE
 from .store import ResultStore
 
 if TYPE_CHECKING:
@@ -57,7 +61,8 @@ def attempt_of(message: RabbitMessage) -> int:
 
 
 async def requeue(message: RabbitMessage) -> None:
-    """Give a message back to its queue; a channel already gone returns it anyway."""
+    """Give a message back to its queue with a bare nack (for a message whose channel is not in
+    transaction mode: see :meth:`Settler.settle`); a channel already gone returns it anyway."""
     with contextlib.suppress(Exception):
         await message.nack(requeue=True)
 
@@ -72,6 +77,7 @@ class Settler:
     store: ResultStore
     counters: Counters
     worker_id: str
+    transactions: Transactions
 
     def unrun(
         self, command_id: str, command_type: str, error: DockhandError, started: datetime, message: RabbitMessage
@@ -101,39 +107,84 @@ class Settler:
         payload: bytes | None = None,
         results_sent: bool = False,
     ) -> None:
-        """Publish the result (confirmed), then ack — or dead-letter it. ``key``: the store
-        entry this result is (to mark published); None for results that are not stored.
-        ``payload``: the result's JSON, when the caller has it already. ``results_sent``: it
-        is on the results exchange already (a crash came before its reply): the reply only."""
-        # The result is in the journal before anyone can see it (a crash after the publish
-        # must find it there), and marked published before the ack (see store.py).
+        """Publish the result to the results exchange (confirmed), then send the reply and ack —
+        or dead-letter — in one transaction. ``key``: the store entry this result is (to mark);
+        None for results that are not stored. ``payload``: the result's JSON, when the caller
+        has it already. ``results_sent``: it is on the results exchange already (a crash came
+        before its reply): the reply only."""
+        # The result is in the journal before anyone can see it: a crash after any publish
+        # finds it there, and the redelivery is answered from it (nothing runs twice).
         await self.store.durable()
+        if payload is None:
+            payload = result.model_dump_json().encode()
+        raw = message.raw_message
+        common: dict[str, Any] = {"correlation_id": raw.correlation_id, "message_type": "dockhand.result"}
+        outgoing: list[Outgoing] = []
+        if raw.reply_to:
+            outgoing.append(Outgoing(payload, DEFAULT_EXCHANGE, raw.reply_to, common))
+        action: SettleAction = message.ack
+        if settle == "reject":
+            copies, action = self._dead_letter(message)
+            outgoing += copies
         try:
-            await self.publish_result(result, message, payload, key=key, results_sent=results_sent)
+            if not results_sent:
+                # With a confirm, not in the transaction: a results queue that refuses it (say,
+                # full with reject-publish) nacks a confirmed publish, which is then retried;
+                # in a transaction RabbitMQ would drop it for that queue without a word.
+                await self.publisher.confirmed(
+                    payload,
+                    exchange=self.topology.results,
+                    routing_key=self.topology.result_key(result.type, result.status.value),
+                    persist=True,
+                    **common,
+                )
+                if key is not None and outgoing:
+                    # Noted before the reply: a worker killed now sends the reply alone again.
+                    self.store.mark_results_sent(key)
+            await self.transactions.commit(message, outgoing, action)
         except Exception:
-            # Still failing after the retries: requeue it rather than ack it unanswered. The
-            # redelivery is answered from the store (nothing runs twice); if publishing keeps
-            # failing, the delivery limit dead-letters it.
+            # The reply and the settle did not take effect: the channel is gone (the broker
+            # gives the delivery back) or, for a message without one, it is requeued. The
+            # redelivery is answered from the store, and the delivery limit dead-letters a
+            # message whose answer keeps failing.
             log.exception("could not publish the result of %s; requeueing the command", printable(result.command_id))
-            await requeue(message)
+            await self.settle(message, "requeue")
             return
         if key is not None:
             self.store.mark_published(key)
-            await self.store.durable()
         self.counters.by_status[result.status] += 1
-        if settle == "reject":
-            await self.dead_letter(message)
-        else:
-            await message.ack()
+
+    async def settle(self, message: RabbitMessage, how: Literal["ack", "requeue"]) -> None:
+        """Ack or requeue ``message`` without an answer (in its channel's transaction); a failure
+        leaves it to the broker, which returns it when the channel closes."""
+        action = message.ack if how == "ack" else partial(message.nack, requeue=True)
+        try:
+            await self.transactions.commit(message, (), action)
+        except Exception as exc:
+            # Its channel is closed now (a failed transaction closes it): the broker gives the
+            # delivery back. A message without a channel is given back here.
+            log.warning("could not %s message %s (%s)", how, printable(message.raw_message.message_id), exc)
+            if message.raw_message.channel is None:
+                await requeue(message)
 
     async def dead_letter(self, message: RabbitMessage) -> None:
-        """Reject a message into the dead-letter queue — unless it carries a secret: then a
-        redacted copy goes to the dead-letter exchange (confirmed) and the original is acked."""
-        raw = message.raw_message
+        """Send a message with no answer to the dead letters (see :meth:`_dead_letter`)."""
+        copies, settle = self._dead_letter(message)
+        try:
+            await self.transactions.commit(message, copies, settle)
+        except Exception:
+            # Never reject the original of a redacted copy (it would keep the secret): requeue.
+            log.exception("could not dead-letter message %s; requeueing it", printable(message.raw_message.message_id))
+            await self.settle(message, "requeue")
+
+    def _dead_letter(self, message: RabbitMessage) -> tuple[list[Outgoing], SettleAction]:
+        """How a message goes to the dead letters: rejected as it came — or, when it carries a
+        secret, a redacted copy published to the dead-letter exchange and the original acked
+        (both in the answer's transaction)."""
         redaction = redact(message.body, self.settings.body_limit)
         if redaction is None:
-            await message.reject(requeue=False)
-            return
+            return [], partial(message.reject, requeue=False)
+        raw = message.raw_message
         body, redacted = redaction
         headers: dict[str, Any] = dict(raw.headers or {})
         headers[REDACTED_HEADER] = ",".join(redacted)
@@ -141,54 +192,9 @@ class Settler:
         if raw.user_id:
             # Not as user_id: the broker checks that property against our own connection's user.
             headers.setdefault("x-dockhand-original-user-id", raw.user_id)
-        try:
-            await self.publisher.confirmed(
-                body,
-                exchange=self.topology.dead,
-                routing_key=raw.routing_key or "",
-                persist=True,
-                headers=headers,
-                **_properties(message),
-            )
-        except Exception:
-            # Never reject the original (it would keep the secret): requeue it and try again.
-            log.exception("could not dead-letter a redacted copy of %s; requeueing it", printable(raw.message_id))
-            await requeue(message)
-            return
-        log.info("dead-lettered a redacted copy of message %s (%s)", printable(raw.message_id), ", ".join(redacted))
-        await message.ack()
-
-    async def publish_result(
-        self,
-        result: Result,
-        message: RabbitMessage,
-        payload: bytes | None = None,
-        *,
-        key: str | None = None,
-        results_sent: bool = False,
-    ) -> None:
-        """Publish ``result`` (confirmed) to the results exchange, then to ``reply_to`` if set.
-
-        With a store ``key``, the results exchange's confirm is noted before the reply goes
-        out: a worker killed between the two then sends only the reply again, not a second
-        copy to every results consumer.
-        """
-        if payload is None:
-            payload = result.model_dump_json().encode()
-        raw = message.raw_message
-        common: dict[str, Any] = {"correlation_id": raw.correlation_id, "message_type": "dockhand.result"}
-        if not results_sent:
-            await self.publisher.confirmed(
-                payload,
-                exchange=self.topology.results,
-                routing_key=self.topology.result_key(result.type, result.status.value),
-                persist=True,
-                **common,
-            )
-            if key is not None and raw.reply_to:
-                self.store.mark_results_sent(key)
-        if raw.reply_to:
-            await self.publisher.confirmed(payload, routing_key=raw.reply_to, **common)
+        log.info("dead-lettering a redacted copy of message %s (%s)", printable(raw.message_id), ", ".join(redacted))
+        options: dict[str, Any] = {"persist": True, "headers": headers, **_properties(message)}
+        return [Outgoing(body, self.topology.dead, raw.routing_key or "", options)], message.ack
 
 
 def _properties(message: RabbitMessage) -> dict[str, Any]:

@@ -8,12 +8,13 @@
   :class:`Box` objects rendering their inspect and list entry.
 - :class:`FakeMessage`, :class:`FakePublisher` and :class:`Recorder` (:mod:`tests.fakes.messages`):
   a delivered ``RabbitMessage`` recording its ack / nack / reject, a confirmed publisher that
-  records what it sent and can be made to fail, and a ``publish(routing_key, model)`` recorder.
+  records what it sent and can be made to fail, and a ``publish(routing_key, model)`` recorder;
+  :class:`FakeTxChannel`, a consumer channel in transaction mode (what commits, what is discarded).
 - :class:`FakeOps` (:mod:`tests.fakes.ops`): just enough of DockerOps for dispatcher tests.
 """
 
 from .docker_client import VERSION, Box, FakeDockerClient
-from .messages import FakeMessage, FakePublisher, Recorder, is_dead_letter, is_reply, is_result
+from .messages import FakeMessage, FakePublisher, FakeTxChannel, Recorder, is_dead_letter, is_reply, is_result
 from .ops import FakeOps
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "FakeMessage",
     "FakeOps",
     "FakePublisher",
+    "FakeTxChannel",
     "Recorder",
     "is_dead_letter",
     "is_reply",

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import aio_pika
+
 from dockhand.schemas import DiscoveryEvent, WireModel
 
 Options = dict[str, Any]
@@ -64,10 +66,11 @@ class FakeMessage:
         correlation_id: str | None = "corr-1",
         reply_to: str | None = None,
         message_id: str | None = "m-1",
+        channel: FakeTxChannel | None = None,
     ) -> None:
         self.body = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.raw_message = SimpleNamespace(
-            channel=None,
+            channel=channel,
             delivery_tag=None,  # not from a broker: the dispatcher does not reorder it
             routing_key=routing_key,
             user_id=user_id,
@@ -92,6 +95,8 @@ class FakeMessage:
         self.done.set()
         if self.broken is not None:
             raise self.broken
+        if self.raw_message.channel is not None:
+            self.raw_message.channel.pending.append((how, requeue, self))
 
     async def ack(self) -> None:
         await self._settle("ack", False)
@@ -153,6 +158,70 @@ class FakePublisher:
 
     def dead_letters(self) -> list[tuple[bytes, Options]]:
         return [(p, o) for p, o in self.sent if is_dead_letter(o)]
+
+    def message(self, payload: bytes, **options: Any) -> aio_pika.Message:
+        """The message a publish in a transaction sends (its properties as the real publisher's)."""
+        return aio_pika.Message(
+            payload,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT if options.get("persist") else None,
+            correlation_id=options.get("correlation_id"),
+            type=options.get("message_type"),
+            headers=options.get("headers") or {},
+        )
+
+
+class FakeTxChannel:
+    """An aiormq channel in transaction mode: publishes and settles written after ``tx_select``
+    take effect at ``tx_commit`` (into :attr:`committed`); ``close`` discards them.
+
+    Set :attr:`fail_commit` to make the next commits raise (and close the channel, as aiormq
+    does); :attr:`gate` (cleared) holds every commit until it is set.
+    """
+
+    def __init__(self) -> None:
+        self.selected = False
+        self.closed = False
+        self.pending: list[tuple[Any, ...]] = []
+        self.committed: list[tuple[Any, ...]] = []  # ("publish", exchange, key, body) / (how, requeue, message)
+        self.commits = 0
+        self.fail_commit: Exception | None = None
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def tx_select(self, timeout: float | None = None) -> None:
+        self.selected = True
+
+    async def basic_publish(self, body: bytes, *, exchange: str, routing_key: str, properties: Any) -> None:
+        assert self.selected, "a publish outside a transaction"
+        assert not self.closed, "a publish on a closed channel"
+        self.pending.append(("publish", exchange, routing_key, body, properties))
+
+    async def tx_commit(self, timeout: float | None = None) -> None:
+        await self.gate.wait()
+        if self.closed:
+            raise ConnectionResetError("channel closed")  # as aiormq's ChannelInvalidStateError
+        if self.fail_commit is not None:
+            await self.close()
+            raise self.fail_commit
+        self.commits += 1
+        self.committed += self.pending
+        self.pending = []
+
+    async def close(self) -> None:
+        self.closed = True
+        self.pending = []
+
+    def published(self, exchange: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+        """The committed publishes (on ``exchange``): (exchange, routing key, decoded body)."""
+        return [
+            (e, key, json.loads(body))
+            for kind, e, key, body, *_ in (c for c in self.committed if c[0] == "publish")
+            if exchange is None or e == exchange
+        ]
+
+    def settles(self) -> list[tuple[str, bool]]:
+        """The committed settles, in order: (how, requeue)."""
+        return [(c[0], c[1]) for c in self.committed if c[0] != "publish"]
 
 
 class Recorder:

@@ -26,7 +26,7 @@ from dockhand.worker.labels import Labels
 from dockhand.worker.policy import Policy
 from dockhand.worker.settings import Settings
 from dockhand.worker.topology import Topology
-from tests.fakes import FakeDockerClient, FakeMessage, FakePublisher, is_dead_letter, is_reply, is_result
+from tests.fakes import FakeDockerClient, FakeMessage, FakePublisher, FakeTxChannel, is_dead_letter, is_result
 
 HOST = "host-a"
 NAMES = Labels("dockhand", "dockhand")
@@ -280,33 +280,6 @@ async def test_after_a_restart_an_unpublished_result_is_published_from_the_journ
     restarted.store.close()
 
 
-async def test_killed_between_the_results_confirm_and_the_reply_only_the_reply_is_sent_again(tmp_path: Path) -> None:
-    """The kill -9 soak's duplicate: the results exchange had confirmed, the reply had not gone
-    out. The journal notes the first confirm, so the redelivery (after a restart, from the
-    journal) sends the reply alone: one copy on the results exchange, one reply."""
-    dispatcher, _, publisher = make(state_dir=tmp_path)
-    publisher.fail(when=is_reply)  # the worker dies after the results exchange confirmed
-    message = FakeMessage(INFO, f"{HOST}.host.info", reply_to="client-replies", correlation_id="corr-1")
-    dispatcher.submit(message.body, message)  # type: ignore[arg-type]
-    assert await message.settled_once() == ("nack", True)
-    [first] = publisher.results("c1")
-    assert publisher.replies() == []
-    dispatcher.store.close()
-
-    restarted, docker, publisher = make(state_dir=tmp_path)
-    redelivery = deliver(
-        restarted, INFO, "host.info", redelivered=True, reply_to="client-replies", correlation_id="corr-1"
-    )
-    assert await redelivery.settled_once() == ("ack", False)
-    assert publisher.results("c1") == []  # not a second copy for every results consumer
-    [(reply, options)] = publisher.replies()
-    assert reply == first
-    assert options["correlation_id"] == "corr-1"
-    assert docker_calls(docker) == 0
-    assert restarted.store.is_published(restarted._store_key("c1"))
-    restarted.store.close()
-
-
 async def test_a_resent_command_already_answered_is_answered_on_both_again(tmp_path: Path) -> None:
     """Only the crash window skips the results exchange: a sender asking again for an answered
     command (a new message) gets it on both, as before."""
@@ -320,25 +293,6 @@ async def test_a_resent_command_already_answered_is_answered_on_both_again(tmp_p
     dispatcher.store.close()
 
 
-async def test_a_redelivery_of_a_confirmed_result_is_acked_without_publishing_again(tmp_path: Path) -> None:
-    dispatcher, _, publisher = make(state_dir=tmp_path)
-    message = FakeMessage(INFO, f"{HOST}.host.info")
-    message.broken = ConnectionResetError("channel closed")  # the worker dies between confirm and ack
-    dispatcher.submit(message.body, message)  # type: ignore[arg-type]
-    await message.wait_settled()
-    await idle(dispatcher)
-    assert message.settlements == [("ack", False), ("nack", True)]  # the ack failed; requeued
-    assert len(publisher.results("c1")) == 1
-    dispatcher.store.close()
-
-    restarted, docker, publisher = make(state_dir=tmp_path)
-    redelivery = deliver(restarted, INFO, "host.info", redelivered=True)
-    assert await redelivery.settled_once() == ("ack", False)
-    assert publisher.sent == []  # the sender has its answer already
-    assert docker_calls(docker) == 0
-    restarted.store.close()
-
-
 async def test_a_repeat_that_is_not_a_redelivery_gets_the_stored_result_again() -> None:
     dispatcher, docker, publisher = make()
     assert await deliver(dispatcher, INFO, "host.info").settled_once() == ("ack", False)
@@ -348,35 +302,127 @@ async def test_a_repeat_that_is_not_a_redelivery_gets_the_stored_result_again() 
     assert (docker.version_calls, docker.info_calls) == (1, 1)
 
 
-async def test_the_result_is_in_the_journal_before_it_is_published_and_marked_before_the_ack(tmp_path: Path) -> None:
-    """Group commit (worker/store.py) keeps the journal's order: the row is committed before
-    the first publish, and its published mark before the ack."""
+# --- answers in a transaction (worker/answers.py) ----------------------------------------------
+
+
+def journal(path: Path) -> dict[str, int]:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT command_id, published FROM results").fetchall())
+
+
+async def test_the_result_is_confirmed_then_the_reply_and_the_ack_commit_in_one_transaction() -> None:
+    dispatcher, _, publisher = make()
+    channel = FakeTxChannel()
+    message = deliver(
+        dispatcher, INFO, "host.info", reply_to="client-replies", correlation_id="corr-7", channel=channel
+    )
+    assert await message.settled_once() == ("ack", False)
+    await idle(dispatcher)
+    [result] = publisher.results("c1")  # confirmed on the results exchange first
+    assert [c[:3] for c in channel.committed] == [("publish", "", "client-replies"), ("ack", False, message)]
+    assert channel.commits == 1
+    assert channel.committed[0][4].correlation_id == "corr-7"
+    assert json.loads(channel.committed[0][3]) == result
+
+
+async def test_killed_before_the_commit_the_reply_and_the_ack_are_undone_and_only_the_reply_is_sent_again(
+    tmp_path: Path,
+) -> None:
+    """The kill -9 soak's duplicate answers, closed: with confirms, a kill between the reply's
+    confirm and the journal's mark sent the reply twice. In the transaction nothing of the
+    reply exists before the commit, and after it the command is acked (never redelivered). The
+    results exchange's confirm is noted before the reply, so the redelivery does not send the
+    result there again."""
+    dispatcher, docker, publisher = make(state_dir=tmp_path)
+    channel = FakeTxChannel()
+    channel.fail_commit = ConnectionResetError("the worker died before tx.commit")
+    message = deliver(dispatcher, INFO, "host.info", reply_to="client-replies", channel=channel)
+    await message.wait_settled()
+    await idle(dispatcher)
+    assert channel.committed == []  # the broker discarded the open transaction
+    assert channel.closed
+    [first] = publisher.results("c1")
+    ran = docker_calls(docker)
+    dispatcher.store.close()
+
+    restarted, docker, publisher = make(state_dir=tmp_path)
+    again = FakeTxChannel()
+    redelivery = deliver(restarted, INFO, "host.info", redelivered=True, reply_to="client-replies", channel=again)
+    assert await redelivery.settled_once() == ("ack", False)
+    await idle(restarted)
+    assert publisher.results("c1") == []  # not a second copy for every results consumer
+    assert [c[:3] for c in again.committed] == [("publish", "", "client-replies"), ("ack", False, redelivery)]
+    assert json.loads(again.committed[0][3]) == first
+    assert docker_calls(docker) == 0 < ran  # answered from the journal, not run again
+    restarted.store.close()
+
+
+async def test_the_result_is_in_the_journal_before_it_is_published_and_marked_after_the_commit(
+    tmp_path: Path,
+) -> None:
     dispatcher, _, publisher = make(state_dir=tmp_path)
     path = tmp_path / f"results-{HOST}.sqlite3"
-    message = FakeMessage(INFO, f"{HOST}.host.info", reply_to="client-replies", correlation_id="corr-7")
-    seen_at_publish: list[dict[str, int]] = []
-    confirmed = publisher.confirmed
+    channel = FakeTxChannel()
+    seen: list[dict[str, int]] = []
+    confirmed, publish = publisher.confirmed, channel.basic_publish
 
-    def journal() -> dict[str, int]:
-        import sqlite3
-
-        with sqlite3.connect(path) as db:
-            return dict(db.execute("SELECT command_id, published FROM results").fetchall())
-
-    async def watching(payload: bytes, **options: Any) -> None:
-        seen_at_publish.append(journal())
+    async def watching_confirmed(payload: bytes, **options: Any) -> None:
+        seen.append(journal(path))
         await confirmed(payload, **options)
 
-    publisher.confirmed = watching  # type: ignore[method-assign]
-    original_ack = message.ack
+    async def watching_publish(body: bytes, **options: Any) -> None:
+        seen.append(journal(path))
+        await publish(body, **options)
 
-    async def ack() -> None:
-        seen_at_publish.append(journal())
-        await original_ack()
-
-    message.ack = ack  # type: ignore[method-assign]
-    dispatcher.submit(message.body, message)  # type: ignore[arg-type]
+    publisher.confirmed = watching_confirmed  # type: ignore[method-assign]
+    channel.basic_publish = watching_publish  # type: ignore[method-assign]
+    message = deliver(dispatcher, INFO, "host.info", reply_to="r", channel=channel)
     assert await message.settled_once() == ("ack", False)
+    await idle(dispatcher)
+    await dispatcher.store.durable()
     key = dispatcher._store_key("c1")
-    assert seen_at_publish == [{key: 0}, {key: 0}, {key: 1}]  # results, reply, then the ack
+    assert seen[0] == {key: 0}  # stored before the results publish
+    assert seen[1][key] in (0, 2)  # before the reply: stored, its results confirm maybe noted
+    assert journal(path) == {key: 1}  # marked once committed
     dispatcher.store.close()
+
+
+async def test_a_rejected_command_is_answered_then_replied_and_dead_lettered_in_one_transaction() -> None:
+    dispatcher, _, publisher = make()
+    channel = FakeTxChannel()
+    bad = {"command_id": "bad-1", "type": "host.info", "payload": {"nope": 1}}
+    message = deliver(dispatcher, bad, "host.info", reply_to="r", channel=channel)
+    assert await message.settled_once() == ("reject", False)
+    await idle(dispatcher)
+    assert [r["status"] for r in publisher.results("bad-1")] == ["rejected"]
+    assert [c[0] for c in channel.committed] == ["publish", "reject"]
+    assert channel.published()[0][2]["status"] == "rejected"
+    assert channel.commits == 1
+
+
+async def test_a_redacted_dead_letter_is_committed_with_the_ack_of_the_original() -> None:
+    dispatcher, _, publisher = make()
+    channel = FakeTxChannel()
+    secret = {"command_id": "s-1", "type": "host.info", "payload": {"registry_auth": {"password": "hunter2"}}}
+    message = deliver(dispatcher, secret, "host.info", channel=channel)
+    assert await message.settled_once() == ("ack", False)
+    await idle(dispatcher)
+    assert len(publisher.results("s-1")) == 1
+    assert [e for e, _, _ in channel.published()] == [dispatcher.topology.dead.name]
+    assert b"hunter2" not in b"".join(c[3] for c in channel.committed if c[0] == "publish")
+    assert channel.settles() == [("ack", False)]
+    assert channel.commits == 1
+
+
+async def test_a_refused_result_requeues_the_command_through_a_commit_not_a_pending_nack() -> None:
+    # On a channel in transaction mode a bare nack would wait for someone's next commit.
+    dispatcher, _, publisher = make()
+    publisher.fail(when=is_result)
+    channel = FakeTxChannel()
+    message = deliver(dispatcher, INFO, "host.info", reply_to="r", channel=channel)
+    assert await message.settled_once() == ("nack", True)
+    await idle(dispatcher)
+    assert channel.committed == [("nack", True, message)]
+    assert channel.pending == []
