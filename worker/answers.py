@@ -1,15 +1,19 @@
-"""Answers in AMQP transactions: a command's result publishes and its message's settle commit
-together, on the channel the command was delivered on.
+"""Answers in AMQP transactions: a command's reply and its message's settle commit together,
+on the channel the command was delivered on.
 
-With publisher confirms the worker could only publish, wait for the confirm, note it in the
-journal and then ack; a worker killed after the broker had the answer but before the note was
-written sent it again after its restart (the command was redelivered), so a sender saw two
-answers. In a transaction the publishes to the results exchange and to ``reply_to`` and the ack
-(or the dead-lettering reject, or a requeue) take effect at ``tx.commit``: a worker killed
-before the commit leaves none of them done — the command is redelivered and answered from the
-journal — and one killed after it leaves all of them done, the command acked. RabbitMQ applies
-a commit's publishes in order, so results still reach the results exchange before the reply.
-``tx.commit-ok`` comes once the messages are safe, as a confirm would.
+With publisher confirms the worker could only publish the reply, wait for the confirm, note it
+in the journal and then ack; a worker killed after the broker had the reply but before the note
+was written sent it again after its restart (the command was redelivered), so the sender saw two
+answers. In a transaction the reply and the ack (or the dead-lettering reject, a redacted
+dead-letter copy, a requeue) take effect at ``tx.commit``: a worker killed before the commit
+leaves none of them done — the command is redelivered and answered from the journal — and one
+killed after it leaves all of them done, the command acked. ``tx.commit-ok`` comes once the
+messages are safe, as a confirm would.
+
+The result's copy for the results exchange is not in the transaction: it is published first,
+with a confirm (see :meth:`.settle.Settler.finish`), because RabbitMQ drops a transactional
+publish that a queue refuses (``x-overflow: reject-publish``) without telling the publisher,
+where a confirm is a nack the worker retries.
 
 Commits are batched per channel: whatever settles were written while the previous commit was
 in flight go out in the next one, so concurrency costs one round trip per batch, not one per

@@ -1,11 +1,12 @@
 """Settling a delivered message once its command is answered.
 
-The result goes to the results exchange and to the sender's ``reply_to``, and the message is
-acked — or rejected into the dead-letter queue when the command was never valid, as a redacted
-copy when it carries a secret — all in one AMQP transaction on the message's channel
-(:mod:`.answers`): a worker killed at any moment leaves either the whole answer done or none of
-it, and a command redelivered after a crash is answered from the result store. When the answer
-cannot be committed the message goes back to its queue: nothing runs twice.
+The result is published with a publisher confirm to the results exchange; then the reply to the
+sender's ``reply_to`` and the ack — or the reject into the dead-letter queue when the command was
+never valid, as a redacted copy when it carries a secret — commit in one AMQP transaction on the
+message's channel (:mod:`.answers`), so a worker killed at any moment sends the reply once. A
+command redelivered after a crash is answered from the result store; the journal notes the
+results exchange's confirm, so such a redelivery sends the reply alone. When the answer cannot be
+published the message goes back to its queue: nothing runs twice.
 """
 
 from __future__ import annotations
