@@ -53,6 +53,7 @@ async def test_sigkill_mid_command_completes_exactly_once(
     rng = random.Random(int(session_id, 16))
     worker = workers.start("kill")
     lost = duplicated = extra_containers = 0
+    twice_replied = twice_on_results = 0  # which of the two made a duplicate (printed)
     killed_mid = 0
     try:
         for trial in range(SOAK_TRIALS):
@@ -81,16 +82,19 @@ async def test_sigkill_mid_command_completes_exactly_once(
                 await asyncio.sleep(0.5)  # a duplicate answer would arrive by now
                 answers = 1 + client.replies[correlation].qsize()
                 duplicated += answers - 1
+                twice_replied += answers - 1
                 assert reply["status"] == "succeeded", reply
                 published = await client.results_for(body["command_id"], timeout=1)
                 duplicated += max(0, len(published) - 1)
+                twice_on_results += max(0, len(published) - 1)
                 containers = await _containers_of(docker, ws)
                 extra_containers += len(containers) - 1
                 await client.send("workspace.remove", {"workspace_id": ws, "force": True})
     finally:
         print(
             f"\nsoak: trials={SOAK_TRIALS} killed_mid_command={killed_mid} lost={lost} "
-            f"duplicated={duplicated} extra_containers={extra_containers}"
+            f"duplicated={duplicated} (replies {twice_replied}, results exchange {twice_on_results}) "
+            f"extra_containers={extra_containers}"
         )
         worker.stop()
     assert (lost, duplicated, extra_containers) == (0, 0, 0)
