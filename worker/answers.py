@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -40,8 +39,6 @@ if TYPE_CHECKING:
     from faststream.rabbit import RabbitMessage
 
     from .publishing import Publisher
-
-log = logging.getLogger("dockhand.commands")
 
 SettleAction = Callable[[], Awaitable[None]]
 """The settle of one delivery (its ack, reject or nack), written into the open transaction."""
