@@ -73,33 +73,13 @@ class Publisher:
         )
 
     async def _publish_direct(
-        self,
-        payload: bytes,
-        *,
-        exchange: RabbitExchange | None = None,
-        routing_key: str = "",
-        persist: bool = False,
-        headers: dict[str, Any] | None = None,
-        correlation_id: str | None = None,
-        message_type: str | None = None,
-        message_id: str | None = None,
-        reply_to: str | None = None,
-        timestamp: datetime | None = None,
+        self, payload: bytes, *, exchange: RabbitExchange | None = None, routing_key: str = "", **options: Any
     ) -> None:
-        """One confirmed publish as FastStream's would make it (the same properties), through the
-        broker's own declarer (its channel, its cached exchange objects, its reconnects)."""
+        """One confirmed publish as FastStream's would make it (the same properties, see
+        :meth:`message`), through the broker's own declarer (its channel, its cached exchange
+        objects, its reconnects)."""
         target = await self.broker.config.declarer.declare_exchange(exchange or DEFAULT_EXCHANGE, declare=False)
-        message = self.message(
-            payload,
-            persist=persist,
-            headers=headers,
-            correlation_id=correlation_id,
-            message_type=message_type,
-            message_id=message_id,
-            reply_to=reply_to,
-            timestamp=timestamp,
-        )
-        await target.publish(message, routing_key=routing_key, mandatory=False)
+        await target.publish(self.message(payload, **options), routing_key=routing_key, mandatory=False)
 
     def message(
         self,
