@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -61,7 +60,7 @@ class Transactions:
         self._publisher = publisher
         self._tracer = tracer
         self._timeout_s = timeout_s
-        self._channels: weakref.WeakKeyDictionary[Any, _Channel] = weakref.WeakKeyDictionary()
+        self._channels: dict[Any, _Channel] = {}  # by aiormq channel; closed ones are dropped
 
     async def commit(self, message: RabbitMessage, outgoing: Sequence[Outgoing], settle: SettleAction) -> None:
         """Publish ``outgoing`` and settle ``message`` atomically; return once committed.
@@ -89,6 +88,8 @@ class Transactions:
             return
         tx = self._channels.get(channel)
         if tx is None:
+            # A new channel (the first delivery, or a reconnect): forget the closed ones.
+            self._channels = {c: t for c, t in self._channels.items() if not c.is_closed}
             tx = self._channels[channel] = _Channel(channel, self._timeout_s)
         frames = [(item, self._publisher.message(item.body, **item.options)) for item in outgoing]
         await tx.commit([(item.exchange.name, item.routing_key, m.body, m.properties) for item, m in frames], settle)

@@ -180,13 +180,17 @@ class FakeTxChannel:
 
     def __init__(self) -> None:
         self.selected = False
-        self.closed = False
+        self.closed = False  # also as aiormq's ``is_closed``
         self.pending: list[tuple[Any, ...]] = []
         self.committed: list[tuple[Any, ...]] = []  # ("publish", exchange, key, body) / (how, requeue, message)
         self.commits = 0
         self.fail_commit: Exception | None = None
         self.gate = asyncio.Event()
         self.gate.set()
+
+    @property
+    def is_closed(self) -> bool:
+        return self.closed
 
     async def tx_select(self, timeout: float | None = None) -> None:
         self.selected = True

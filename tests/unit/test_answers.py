@@ -117,3 +117,14 @@ async def test_with_a_tracer_an_answer_is_a_producer_span_whose_context_the_mess
     assert span.name == "dh.results publish"
     assert span.context is not None
     assert all(f"{span.context.span_id:016x}" in str(h.get("traceparent")) for h in carried), carried
+
+
+async def test_closed_channels_are_forgotten_when_a_new_one_comes() -> None:
+    tx = Transactions(FakePublisher())  # type: ignore[arg-type]
+    old, new = FakeTxChannel(), FakeTxChannel()
+    message = delivered(old)
+    await tx.commit(message, answer(1), message.ack)  # type: ignore[arg-type]
+    await old.close()  # a reconnect
+    message = delivered(new)
+    await tx.commit(message, answer(2), message.ack)  # type: ignore[arg-type]
+    assert list(tx._channels) == [new]
