@@ -84,6 +84,7 @@ class Dispatcher:
         # workspace.exec runs outside those slots, in a pool of its own; a counter at intake
         # (running + waiting in their lanes) bounds both the execs and the deliveries they hold.
         self._execs = 0
+        self._in_pool: set[int] = set()  # id() of the deliveries counted in _execs
         self._draining = False
         self.active = True  # the app clears it while this worker is a standby (see leadership.py)
         self.worker_id = settings.effective_worker_id
@@ -130,15 +131,21 @@ class Dispatcher:
                 self.lanes.submit(None, lambda: self._guarded(self._at_capacity(command, message), message), context)
                 return
             self._execs += 1
+            self._in_pool.add(id(message))
         key = lane_key(command.type, command.payload)
         task = self.lanes.submit(
             key, lambda: self._guarded(self._run(command, message, received, pooled=pooled), message), context
         )
         if pooled:
-            task.add_done_callback(self._release_exec)
+            task.add_done_callback(lambda _: self._release_exec(message))
 
-    def _release_exec(self, _: object) -> None:
-        self._execs -= 1
+    def _release_exec(self, message: RabbitMessage) -> None:
+        """An exec leaves the pool once its answer is decided or its task ends, whichever comes
+        first. Not only at the end: the ack commits with the reply (answers.py), and the broker
+        may deliver the next exec before the commit-ok reaches the worker."""
+        if id(message) in self._in_pool:
+            self._in_pool.discard(id(message))
+            self._execs -= 1
 
     async def _guarded(self, job: Awaitable[None], message: RabbitMessage) -> None:
         """A bug must not strand a message unacked: requeue it, and the quorum queue's
@@ -218,6 +225,7 @@ class Dispatcher:
         if result.error is not None:
             span.set_attribute("dockhand.error_code", result.error.code.value)
             span.set_status(trace.Status(trace.StatusCode.ERROR, result.error.code.value))
+        self._release_exec(message)  # the exec (if it is one) is done; only its answer is left
         await self.settler.finish(
             result, message, settle=settle_for(result.status), key=key, payload=payload, results_sent=results_sent
         )

@@ -20,7 +20,7 @@ from dockhand.worker.ordering import Lanes
 from dockhand.worker.settings import Settings
 from dockhand.worker.store import ResultStore
 from dockhand.worker.topology import Topology
-from tests.fakes import FakeMessage, FakeOps, FakePublisher
+from tests.fakes import FakeMessage, FakeOps, FakePublisher, FakeTxChannel
 
 LIMIT = 64 * 1024
 
@@ -668,6 +668,23 @@ async def test_exec_waiting_in_its_lane_counts_against_the_pool() -> None:
     ops.gate.set()
     assert await _settled(first) == ["ack"]
     assert await _settled(second) == ["ack"]
+
+
+async def test_an_exec_leaves_the_pool_when_answered_not_when_its_commit_returns() -> None:
+    # The broker may deliver the next exec (its prefetch freed by the ack) before the commit-ok
+    # of the reply and ack reaches the worker: that exec must find the pool free.
+    dispatcher, publisher, _ops = _dispatcher(max_concurrent_execs=1)
+    channel = FakeTxChannel()
+    channel.gate.clear()  # the commit-ok is on its way
+    first = FakeMessage(_exec("p0", "ws1", "true"), "host-a.workspace.exec", channel=channel)
+    dispatcher.submit(first.body, first)  # type: ignore[arg-type]
+    assert await _settled(first) == ["ack"]  # written into the transaction, not committed yet
+    second = _submit(dispatcher, _exec("p1", "ws2", "true"), "workspace.exec")
+    assert await _settled(second) == ["ack"]
+    assert publisher.results("p1")[0]["status"] == "succeeded"  # not capacity
+    channel.gate.set()
+    await asyncio.sleep(0.01)
+    assert channel.settles() == [("ack", False)]
 
 
 def _create_with_auth(**payload: Any) -> dict[str, Any]:
