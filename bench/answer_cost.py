@@ -73,13 +73,15 @@ async def _round(connection: aio_pika.abc.AbstractRobustConnection, mode: str, a
         if count == answers:
             done.set()
 
-    tag = await queue.consume(answer)
-    await asyncio.wait_for(done.wait(), 300)
-    elapsed = time.perf_counter() - began
-    await queue.cancel(tag)
-    await setup.queue_delete(name)
-    await channel.close()
-    await setup.close()
+    try:
+        tag = await queue.consume(answer)
+        await asyncio.wait_for(done.wait(), 300)
+        elapsed = time.perf_counter() - began
+        await queue.cancel(tag)
+    finally:
+        await setup.queue_delete(name)  # also when the round failed
+        await channel.close()
+        await setup.close()
     return elapsed
 
 
