@@ -91,8 +91,11 @@ class Transactions:
             # A new channel (the first delivery, or a reconnect): forget the closed ones.
             self._channels = {c: t for c, t in self._channels.items() if not c.is_closed}
             tx = self._channels[channel] = _Channel(channel, self._timeout_s)
-        frames = [(item, self._publisher.message(item.body, **item.options)) for item in outgoing]
-        await tx.commit([(item.exchange.name, item.routing_key, m.body, m.properties) for item, m in frames], settle)
+        frames = []
+        for item in outgoing:
+            built = self._publisher.message(item.body, **item.options)
+            frames.append((item.exchange.name, item.routing_key, built.body, built.properties))
+        await tx.commit(frames, settle)
 
 
 class _Channel:

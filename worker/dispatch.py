@@ -212,7 +212,8 @@ class Dispatcher:
             result = self._conflict(command, message)
             key = None
         elif message.raw_message.redelivered and entry.published:
-            # A crash came between the confirmed result and the ack: it was answered.
+            # It was answered and marked (its reply and ack committed, or a journal of an earlier
+            # version confirmed it), yet the broker delivers it again: ack it, answer nothing.
             log.info("%s %s: redelivered, already answered; acking", command.type, command.command_id)
             await self.settler.settle(message, "ack")
             return
